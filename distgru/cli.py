@@ -1,0 +1,57 @@
+"""``distgru`` command line: one sub-command per module in distgru/commands/.
+
+    distgru features --provider ~/.qlib/qlib_data/cn_data --start 2014-06-01 --end 2016-12-31 --out f.parquet
+    distgru train                                   # the embedded synthetic market, qlib's GRU settings
+    distgru train configs/gru_alpha158.yaml --set data.provider=~/.qlib/qlib_data/cn_data --num-workers 2
+    distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08
+    distgru evaluate runs/<run>
+    distgru tune configs/tune_smoke.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "features": "write raw Alpha158/Alpha360 features + label to Parquet",
+    "train": "train a model (Ray Train, 1..N workers) and evaluate it on the test segment",
+    "predict": "score new dates with a trained run",
+    "evaluate": "IC metrics, backtest and an HTML report for a run or a predictions file",
+    "tune": "Ray Tune search over training configs",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distgru", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"distgru.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"distgru.commands.{name}":
+                raise
+            continue  # a command not built yet
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from distgru.config import ConfigError
+    from distgru.data.panel import DataError
+
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except (ConfigError, DataError) as e:
+        print(f"distgru {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Typed configs: ``load_config(path, overrides)`` → ``Config``; see schema.py for every key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distgru.config.loader import ConfigError, apply_override, field_docs, from_dict, read_yaml, to_dict
+from distgru.config.schema import (
+    BacktestConfig,
+    Config,
+    DataConfig,
+    DatasetConfig,
+    FeatureConfig,
+    ModelConfig,
+    ProcessorsConfig,
+    ProcessorSpec,
+    ResourcesConfig,
+    ReweighterConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "BacktestConfig", "Config", "ConfigError", "DataConfig", "DatasetConfig", "FeatureConfig", "ModelConfig",
+    "ProcessorSpec", "ProcessorsConfig", "ResourcesConfig", "ReweighterConfig", "SyntheticConfig", "TrainConfig",
+    "config_from_dict", "field_docs", "load_config", "to_dict",
+]
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Validate a mapping (plus ``key=value`` overrides) into a Config."""
+    data = to_dict(data)  # a deep copy, so overrides never touch the caller's dict
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return from_dict(Config, data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the synthetic-market defaults when ``path`` is None) and apply overrides."""
+    return config_from_dict(read_yaml(path) if path is not None else {}, overrides)

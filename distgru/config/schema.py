@@ -1,0 +1,339 @@
+"""The typed config tree. YAML files (configs/*.yaml) are serialised forms of ``Config``.
+
+Each field's docstring is its documentation; ``__post_init__`` checks values that types cannot express.
+Section names mirror qlib's workflow config (data handler → ``data``/``features``/``processors``,
+``task.dataset`` → ``dataset``, ``task.model`` → ``model`` + ``train``, ``port_analysis_config`` → ``backtest``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from distgru.config.loader import ConfigError
+
+DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
+
+
+def check_date(key: str, value: str | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        return pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key}: {value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def check_range(key: str, start: str | None, end: str | None) -> None:
+    s, e = check_date(f"{key}[0]", start), check_date(f"{key}[1]", end)
+    if s is not None and e is not None and s > e:
+        raise ConfigError(f"{key}: start {start} is after end {end}")
+
+
+def check_positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: {value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    n_instruments: int = 200
+    """Instruments ever in the synthetic universe (about 85% are members on a given day)."""
+    n_days: int = 600
+    """Trading days generated (business days from ``start``)."""
+    start: str = "2020-01-01"
+    """First calendar day of the synthetic market."""
+    seed: int = 0
+    """Generator seed: the same seed gives the same market, bit for bit."""
+
+    def __post_init__(self) -> None:
+        if self.n_instruments < 10:
+            raise ConfigError(f"data.synthetic.n_instruments: {self.n_instruments} < 10 (cross-sections need width)")
+        if self.n_days < 120:
+            raise ConfigError(f"data.synthetic.n_days: {self.n_days} < 120 (features look back 60 days)")
+        check_date("data.synthetic.start", self.start)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    source: Literal["synthetic", "qlib", "parquet", "csv"] = "synthetic"
+    """Where bars come from: the embedded synthetic market, a qlib provider directory, or a long-format file."""
+    provider: str | None = None
+    """qlib provider directory (``~/.qlib/qlib_data/cn_data``) when source is ``qlib``."""
+    path: str | None = None
+    """Parquet or CSV file in long format (datetime, instrument, open, high, low, close, volume[, factor, vwap,
+    change, weight]) when source is ``parquet``/``csv``."""
+    market: str = "csi300"
+    """Universe: ``instruments/<market>.txt`` of the provider (point-in-time spans), or ``all``."""
+    instruments: list[str] | None = None
+    """Explicit symbols instead of the market; named instruments are not masked to membership spans (as D.features)."""
+    benchmark: str | None = "SH000300"
+    """Benchmark index symbol (backtest); null for none."""
+    start: str | None = None
+    """First day loaded; history before the first segment feeds the look-back windows. null: all history."""
+    end: str | None = None
+    """Last day loaded. null: all history."""
+    zero_volume_as_missing: bool = False
+    """Treat zero-volume bars (suspensions kept as flat bars) as missing. Off when comparing with qlib."""
+    cache_dir: str = "~/.cache/distgru"
+    """Feature/panel cache directory (a local path)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Size and seed of the synthetic market (source ``synthetic``)."""
+
+    def __post_init__(self) -> None:
+        if self.source == "qlib" and not self.provider:
+            raise ConfigError("data.provider: required when data.source is 'qlib' (a qlib provider directory)")
+        if self.source in ("parquet", "csv") and not self.path:
+            raise ConfigError(f"data.path: required when data.source is {self.source!r}")
+        check_range("data.start/end", self.start, self.end)
+
+
+@dataclass(kw_only=True)
+class FeatureConfig:
+    set: Literal["alpha158", "alpha360"] = "alpha158"
+    """Feature family, computed with qlib's exact operator semantics."""
+    columns: list[str] | None = None
+    """Keep only these features (qlib's FilterCol: Alpha158's native order is kept, not this list's order)."""
+    label: str = DEFAULT_LABEL
+    """Label expression in qlib syntax. The default is the return from close(T+1) to close(T+2)."""
+    label_horizon: int | None = None
+    """Shortcut: when set, the label is ``Ref($close, -(h+1)) / Ref($close, -1) - 1`` and ``label`` is ignored."""
+
+    def __post_init__(self) -> None:
+        if self.columns is not None and not self.columns:
+            raise ConfigError("features.columns: empty list; use null for all features")
+        if self.label_horizon is not None and self.label_horizon < 1:
+            raise ConfigError(f"features.label_horizon: {self.label_horizon} must be >= 1")
+
+    @property
+    def label_expression(self) -> str:
+        if self.label_horizon is not None:
+            return f"Ref($close, -{self.label_horizon + 1}) / Ref($close, -1) - 1"
+        return self.label
+
+
+@dataclass(kw_only=True)
+class ProcessorSpec:
+    name: Literal["RobustZScoreNorm", "Fillna", "DropnaLabel", "CSRankNorm", "CSZScoreNorm"]
+    """Processor class, as qlib names it."""
+    fields_group: Literal["feature", "label"] = "feature"
+    """Columns it applies to (DropnaLabel always looks at the label)."""
+    clip_outlier: bool = True
+    """RobustZScoreNorm: clip the normalised values to [-3, 3]."""
+    fill_value: float = 0.0
+    """Fillna: the value NaNs become."""
+
+
+def _default_infer() -> list[ProcessorSpec]:
+    return [ProcessorSpec(name="RobustZScoreNorm", clip_outlier=True), ProcessorSpec(name="Fillna")]
+
+
+def _default_learn() -> list[ProcessorSpec]:
+    return [ProcessorSpec(name="DropnaLabel", fields_group="label"),
+            ProcessorSpec(name="CSRankNorm", fields_group="label")]
+
+
+@dataclass(kw_only=True)
+class ProcessorsConfig:
+    fit_start: str | None = None
+    """First day of the fit window (statistics are fitted only on it). null: the train segment's start."""
+    fit_end: str | None = None
+    """Last day of the fit window. null: the train segment's end."""
+    infer: list[ProcessorSpec] = field(default_factory=_default_infer)
+    """Applied to every segment (qlib's infer_processors): the data the model scores."""
+    learn: list[ProcessorSpec] = field(default_factory=_default_learn)
+    """Applied on top of ``infer`` for training/validation targets (qlib's learn_processors)."""
+
+    def __post_init__(self) -> None:
+        check_range("processors.fit_start/fit_end", self.fit_start, self.fit_end)
+
+
+@dataclass(kw_only=True)
+class DatasetConfig:
+    train: tuple[str, str] = ("2020-04-01", "2021-06-30")
+    """Train segment [start, end], inclusive."""
+    valid: tuple[str, str] = ("2021-07-01", "2021-11-30")
+    """Validation segment (early stopping)."""
+    test: tuple[str, str] = ("2021-12-01", "2022-04-20")
+    """Test segment (predictions, IC, backtest)."""
+    embargo: bool = False
+    """Drop the last label-horizon days of train and valid so no label peeks across a boundary."""
+    step_len: int = 20
+    """Window length in trading days (qlib TSDatasetH step_len); ignored for model.input 'flat'."""
+
+    def __post_init__(self) -> None:
+        for name in ("train", "valid", "test"):
+            check_range(f"dataset.{name}", *getattr(self, name))
+        if pd.Timestamp(self.train[1]) >= pd.Timestamp(self.valid[0]):
+            raise ConfigError(f"dataset.valid: starts {self.valid[0]}, not after train ends {self.train[1]}")
+        if pd.Timestamp(self.valid[1]) >= pd.Timestamp(self.test[0]):
+            raise ConfigError(f"dataset.test: starts {self.test[0]}, not after valid ends {self.valid[1]}")
+        if self.step_len < 1:
+            raise ConfigError(f"dataset.step_len: {self.step_len} must be >= 1")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: Literal["gru", "lstm", "alstm"] = "gru"
+    """Network: qlib's GRU, LSTM or ALSTM (attention over GRU states)."""
+    d_feat: int = 20
+    """Features per time step (20 for Alpha158-20, 6 for Alpha360)."""
+    hidden_size: int = 64
+    """Recurrent hidden size."""
+    num_layers: int = 2
+    """Stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between recurrent layers (and in ALSTM's attention net)."""
+    input: Literal["window", "flat"] = "window"
+    """``window``: step_len days of daily features (pytorch_gru_ts); ``flat``: one day's vector reshaped to
+    [T, d_feat] (pytorch_gru with Alpha360)."""
+    init: Literal["default", "orthogonal"] = "default"
+    """Recurrent weight initialisation: PyTorch's default (as qlib) or orthogonal."""
+
+    def __post_init__(self) -> None:
+        for key in ("d_feat", "hidden_size", "num_layers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}: {getattr(self, key)} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class ReweighterConfig:
+    kind: Literal["none", "column", "time_decay", "class"] = "none"
+    """Per-sample loss weights: none (all ones, as qlib), a ``weight`` data column, exponential decay by date, or a
+    user class."""
+    half_life_days: float = 250.0
+    """time_decay: trading days for a sample's weight to halve, counted back from the train segment's end."""
+    class_path: str | None = None
+    """class: ``package.module:ClassName`` with ``reweight(dates, instruments) -> np.ndarray``."""
+
+    def __post_init__(self) -> None:
+        check_positive("train.reweighter.half_life_days", self.half_life_days)
+        if self.kind == "class" and not self.class_path:
+            raise ConfigError("train.reweighter.class_path: required when kind is 'class' (module:Class)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    n_epochs: int = 200
+    """Maximum epochs."""
+    lr: float = 2e-4
+    """Learning rate."""
+    batch_size: int = 800
+    """Global batch size (split across workers)."""
+    early_stop: int = 10
+    """Patience: epochs without a better valid metric before stopping."""
+    metric: Literal["loss", "ic", "rank_ic"] = "loss"
+    """Early-stopping metric on the valid segment: qlib's -MSE, daily Pearson IC or Spearman Rank IC."""
+    loss: Literal["mse", "huber"] = "mse"
+    """Training loss: qlib's weighted mean of w*err^2 (divided by N), or weighted Huber (delta 1)."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """Adam or plain SGD (qlib's 'gd'), no weight decay, no schedule."""
+    clip: Literal["value", "norm", "none"] = "value"
+    """Gradient clipping: by value (qlib), by global norm, or none."""
+    clip_value: float = 3.0
+    """Clip threshold (value or norm)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast precision on GPU; fp16 uses a grad scaler (unscaled before clipping)."""
+    seed: int = 0
+    """Seed for model init, shuffling and dropout."""
+    deterministic: bool = False
+    """Deterministic kernels and RNG checkpointing: a resumed run ends exactly as an uninterrupted one."""
+    reweighter: ReweighterConfig = field(default_factory=ReweighterConfig)
+    """Per-sample loss weights."""
+
+    def __post_init__(self) -> None:
+        for key in ("n_epochs", "batch_size", "early_stop"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 1")
+        check_positive("train.lr", self.lr)
+        check_positive("train.clip_value", self.clip_value)
+
+
+@dataclass(kw_only=True)
+class ResourcesConfig:
+    num_workers: int = 1
+    """DDP workers (Ray Train). 1 runs a single worker."""
+    use_gpu: bool = False
+    """One GPU per worker (nccl); CPU workers use gloo."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs each worker reserves."""
+    gpus_per_worker: float = 1.0
+    """GPUs each worker reserves when use_gpu (fractions share a card between single-worker trials)."""
+    address: str | None = None
+    """Ray cluster address; null starts Ray locally unless RAY_ADDRESS is set."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"resources.num_workers: {self.num_workers} must be >= 1")
+        check_positive("resources.cpus_per_worker", self.cpus_per_worker)
+        check_positive("resources.gpus_per_worker", self.gpus_per_worker)
+
+
+@dataclass(kw_only=True)
+class BacktestConfig:
+    topk: int = 50
+    """Stocks held (TopkDropoutStrategy)."""
+    n_drop: int = 5
+    """Worst-ranked holdings replaced each day."""
+    risk_degree: float = 0.95
+    """Fraction of portfolio value invested."""
+    account: float = 1e8
+    """Initial cash."""
+    open_cost: float = 0.0005
+    """Cost rate on buys."""
+    close_cost: float = 0.0015
+    """Cost rate on sells."""
+    min_cost: float = 5.0
+    """Minimum cost per trade."""
+    limit_threshold: float = 0.095
+    """|change| at or beyond which buying at limit-up / selling at limit-down is blocked."""
+    trade_unit: int = 100
+    """Shares per lot (rounded through factor)."""
+    block_zero_volume: bool = False
+    """Also treat zero-volume bars as untradable (off when comparing with qlib)."""
+
+    def __post_init__(self) -> None:
+        if self.topk < 1 or not 0 <= self.n_drop <= self.topk:
+            raise ConfigError(f"backtest: need topk >= 1 and 0 <= n_drop <= topk, got {self.topk}, {self.n_drop}")
+        if not 0 < self.risk_degree <= 1:
+            raise ConfigError(f"backtest.risk_degree: {self.risk_degree} must be in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A distgru run: data → features → processors → windows → training → evaluation."""
+
+    name: str = "distgru"
+    """Run name (prefix of the run directory)."""
+    output_dir: str = "runs"
+    """Where run directories are created (a local path or a URI on shared storage)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Bars: source, universe, date range."""
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Feature family, subset and label."""
+    processors: ProcessorsConfig = field(default_factory=ProcessorsConfig)
+    """Normalisation fitted on the fit window."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    """Segments and windows."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Network."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, early stopping, clipping, weights."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Workers and devices."""
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    """TopK-Dropout backtest of the test predictions."""
+    tune: dict[str, Any] | None = None
+    """Search space and scheduler for ``distgru tune`` (see configs/tune_*.yaml)."""
+
+    def __post_init__(self) -> None:
+        if self.model.input == "window" and self.features.set == "alpha360":
+            raise ConfigError("model.input: 'window' over alpha360 is not a qlib setup; use model.input 'flat'")
+        if self.model.input == "flat" and self.features.set != "alpha360":
+            raise ConfigError("model.input: 'flat' needs features.set 'alpha360' (360 columns → [60, 6])")
