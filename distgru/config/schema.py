@@ -8,11 +8,12 @@ Section names mirror qlib's workflow config (data handler → ``data``/``feature
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
 from distgru.config.loader import ConfigError
+from distgru.tuning.config import TuneConfig
 
 DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
 
@@ -292,7 +293,8 @@ class BacktestConfig:
     min_cost: float = 5.0
     """Minimum cost per trade."""
     limit_threshold: float = 0.095
-    """|change| at or beyond which buying at limit-up / selling at limit-down is blocked."""
+    """|change| at or beyond which a stock is at its price limit; as qlib's default (forbid_all_trade_at_limit)
+    it can then be neither bought nor sold that day."""
     trade_unit: int = 100
     """Shares per lot (rounded through factor)."""
     block_zero_volume: bool = False
@@ -329,8 +331,8 @@ class Config:
     """Workers and devices."""
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     """TopK-Dropout backtest of the test predictions."""
-    tune: dict[str, Any] | None = None
-    """Search space and scheduler for ``distgru tune`` (see configs/tune_*.yaml)."""
+    tune: TuneConfig | None = None
+    """Search space and scheduler for ``distgru tune`` (see configs/tune_*.yaml); ignored by ``distgru train``."""
 
     def __post_init__(self) -> None:
         if self.model.input == "window" and self.features.set == "alpha360":

@@ -1,0 +1,61 @@
+"""Score new dates with a trained run: its saved processor state and best weights, no refit.
+
+    distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08
+    distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08 --provider ~/.qlib/qlib_data/cn_data \\
+        --out scores.parquet
+
+Features are computed from the run's data source (or ``--provider``) exactly as in training, including the
+``step_len`` days before ``--start`` that the first windows need. The Parquet file has one row per universe member
+and day: datetime, instrument, score, label (the raw label, NaN where the future is not known yet), sorted by
+(datetime, instrument). Default output: ``<run>/predictions_<start>_<end>.parquet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from distgru.config import ConfigError
+from distgru.training.checkpoint import load_best
+from distgru.training.loop import predict
+from distgru.training.rundir import prediction_frame, write_predictions
+from distgru.training.windows import sample_index
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, metavar="DIR", help="a run directory of distgru train")
+    parser.add_argument("--start", required=True, help="first day to score (YYYY-MM-DD)")
+    parser.add_argument("--end", required=True, help="last day to score")
+    parser.add_argument("--provider", metavar="DIR", help="qlib provider directory with the new bars "
+                        "(default: the run's data source)")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="output Parquet file")
+    parser.add_argument("--batch-size", type=int, default=4096, help="samples per forward pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    from distgru.processing.pipeline import prepare_inference
+
+    t0 = time.perf_counter()
+    try:
+        best = load_best(args.run)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--run: {e}") from None
+    cfg = best.cfg
+    if args.provider:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="qlib", provider=str(args.provider)))
+    panel = prepare_inference(best.processor_state, cfg, args.start, args.end)
+    inst, day = sample_index(panel, "test", "infer")
+    if len(inst) == 0:
+        raise ConfigError(f"--start/--end: no universe member has a bar in {args.start} .. {args.end}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    score = predict(best.model, panel, inst, day, int(best.meta["step_len"]), args.batch_size, device)
+    out = args.out or args.run / f"predictions_{args.start}_{args.end}.parquet"
+    write_predictions(out, prediction_frame(panel, inst, day, score))
+    n_days = len(set(day.tolist()))
+    print(f"wrote {len(inst)} scores ({n_days} days, {len(set(inst.tolist()))} instruments) to {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0

@@ -1,0 +1,90 @@
+"""Ray Tune search over training configs: each trial is a ``distgru train`` run, reported every epoch.
+
+    distgru tune configs/tune_smoke.yaml                         # minutes, on the synthetic market
+    distgru tune configs/tune_gru_alpha158.yaml --set data.provider=~/.qlib/qlib_data/cn_data --address auto
+    distgru tune --resume runs/tune_smoke-20261127-101500         # continue an interrupted search
+
+CONFIG is a training config with a ``tune:`` section (space, metric, scheduler, search, resources; see
+configs/tune_smoke.yaml). The space is checked against the config before anything runs; the processed panel is
+prepared once per distinct data config and shared through the object store. The experiment directory
+``<output_dir>/<name>-<timestamp>/`` holds one Tune trial directory per trial (TensorBoard events included:
+``tensorboard --logdir DIR``), results.csv/.parquet, best_config.yaml, best/, predictions.parquet (the best
+trial's test segment), tune_result.json and report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from distgru.config import ConfigError
+from distgru.config.loader import read_yaml
+from distgru.evaluation.report import format_table
+from distgru.training.rundir import CONFIG_FILE, create_run_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="training config with a tune: section (not with --resume)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set tune.num_samples=4 (repeatable)")
+    parser.add_argument("--num-samples", type=int, help="trials to sample (tune.num_samples)")
+    parser.add_argument("--output", metavar="DIR", help="parent of the experiment directory (output_dir)")
+    parser.add_argument("--address", help="Ray cluster address (resources.address); default: RAY_ADDRESS, "
+                        "else a local Ray")
+    parser.add_argument("--resume", metavar="DIR", help="continue the experiment in DIR: finished trials are "
+                        "kept, unfinished ones resume from their last checkpoint, errored ones restart")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.set)
+    if args.num_samples is not None:
+        out.append(f"tune.num_samples={args.num_samples}")
+    if args.output:
+        out.append(f"output_dir={args.output}")
+    if args.address:
+        out.append(f"resources.address={args.address}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from distgru.training.ray_train import ray_session
+    from distgru.tuning.results import RESULTS_PARQUET, finish_experiment
+    from distgru.tuning.runner import check_search_package, prepare_data, run_experiment
+    from distgru.tuning.space import check_space, tune_config_from_dict
+
+    t0 = time.perf_counter()
+    if args.resume:
+        if args.config or args.set or args.num_samples is not None or args.output:
+            raise ConfigError("--resume: continues the experiment as configured (its config.yaml); give no "
+                              "CONFIG, --set, --num-samples or --output with it")
+        exp_dir = Path(args.resume).expanduser().resolve()
+        if not (exp_dir / CONFIG_FILE).is_file():
+            raise ConfigError(f"--resume: {exp_dir / CONFIG_FILE} not found; is {exp_dir} a distgru tune "
+                              "experiment directory?")
+        cfg = tune_config_from_dict(read_yaml(exp_dir / CONFIG_FILE), _overrides(args))
+    else:
+        if not args.config:
+            raise ConfigError("CONFIG: give a training config with a tune: section (or --resume DIR)")
+        cfg = tune_config_from_dict(read_yaml(args.config), _overrides(args))
+    # Every check that needs no Ray runs before data is prepared or Ray starts.
+    probes = check_space(cfg)
+    check_search_package(cfg)
+    data = prepare_data(cfg, probes)
+    if not args.resume:
+        exp_dir = create_run_dir(cfg, datetime.now())  # config.yaml: the full tune config, for --resume
+    print(f"experiment directory: {exp_dir}", flush=True)
+    with ray_session(cfg.resources, verbose=getattr(args, "verbose", False)):
+        grid = run_experiment(cfg, data, exp_dir, restore=bool(args.resume))
+        summary = finish_experiment(cfg, grid, data, exp_dir, t0=t0)
+    table = pd.read_parquet(exp_dir / RESULTS_PARQUET).drop(columns=["trial_dir"])
+    print(format_table(table, floatfmt=".4g"))
+    metric = summary["metric"]
+    print(f"best trial {summary['best_trial']}: valid {metric} {summary[f'best_{metric}']:+.4f} at epoch "
+          f"{summary['best_epoch'] + 1}; test IC {summary['test'].get('IC', float('nan')):+.4f}, "
+          f"RankIC {summary['test'].get('RankIC', float('nan')):+.4f}; {time.perf_counter() - t0:.0f} s")
+    print(f"experiment directory: {exp_dir}  (report.html; tensorboard --logdir {exp_dir})")
+    return 0

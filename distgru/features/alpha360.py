@@ -1,0 +1,20 @@
+"""Alpha360: qlib's 60 days of raw price/volume history (qlib-protocol §2.3), in qlib's exact column order.
+
+For each of close, open, high, low, vwap: ``Ref($f, i)/$close`` for i = 59..1, then ``$f/$close`` (named F59..F0);
+volume is divided by ``$volume+1e-12`` instead. Without ``$vwap`` in the data the VWAP block is NaN.
+"""
+
+from __future__ import annotations
+
+LAGS = 60
+_PRICES = ("close", "open", "high", "low", "vwap")
+
+
+def alpha360() -> list[tuple[str, str]]:
+    """(name, qlib expression) for all 360 features in qlib's column order."""
+    out: list[tuple[str, str]] = []
+    for field, base in [*((f, "$close") for f in _PRICES), ("volume", "($volume+1e-12)")]:
+        for i in range(LAGS - 1, -1, -1):
+            num = f"Ref(${field}, {i})" if i else f"${field}"
+            out.append((f"{field.upper()}{i}", f"{num}/{base}"))
+    return out

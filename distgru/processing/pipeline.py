@@ -1,0 +1,175 @@
+"""Bars → raw features (cached) → processors fitted on the fit window → the ProcessedPanel training consumes.
+
+This is qlib's ``Alpha158(DataHandlerLP)`` + ``TSDatasetH`` segments: features computed on each instrument's full
+history, the rows kept to the universe and to ``data.start .. data.end``, infer processors → DK_I, learn
+processors on top → DK_L, and segments as day ranges of that calendar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+import distgru.features
+from distgru.config import Config, ConfigError
+from distgru.data.load import load_bars
+from distgru.data.panel import BarPanel, DataError
+from distgru.features.table import FeatureTable, ProcessedPanel
+from distgru.processing import cache
+from distgru.processing.processors import PROCESSING_VERSION, ProcessorState, check_specs, fit_processors
+from distgru.processing.segments import day_slice, fit_window, label_horizon, segment_bounds
+
+
+@contextmanager
+def _step(what: str, progress: bool) -> Iterator[None]:
+    """``what … done in 1.2 s`` on stderr, so long steps show on the terminal without touching logs."""
+    if progress:
+        print(f"[distgru] {what} …", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    yield
+    if progress:
+        print(f"[distgru] {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def feature_code_version() -> str:
+    """A hash of the feature engine's source files: editing any of them invalidates cached features, with no
+    version constant that someone must remember to bump."""
+    h = hashlib.sha256()
+    for path in sorted(Path(distgru.features.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def check_features(feature_set: str, columns: list[str] | None, label: str) -> None:
+    """Unknown feature sets, columns or a malformed label as a ConfigError, before any data is loaded."""
+    try:
+        distgru.features.feature_definitions(feature_set, columns)
+        distgru.features.parse(label)
+    except ValueError as e:
+        raise ConfigError(f"features: {e}") from None
+
+
+def feature_inputs(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str) -> dict[str, object]:
+    """Everything raw features depend on: the cache key's parts."""
+    return {"data": bars.fingerprint(), "set": feature_set, "columns": columns, "label": label,
+            "code": feature_code_version()}
+
+
+def features_for(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str,
+                 cache_dir: str | Path | None, progress: bool = False,
+                 inputs: dict[str, object] | None = None) -> FeatureTable:
+    """Raw features of ``bars``, read from ``cache_dir`` when an identical computation is stored there
+    (``cache_dir`` None: always compute, store nothing)."""
+    compute = distgru.features.compute_features
+    if cache_dir is None:
+        with _step(f"computing {feature_set} features", progress):
+            return compute(bars, feature_set, columns=columns, label=label, progress=progress)
+    root = Path(cache_dir).expanduser()
+    inputs = inputs or feature_inputs(bars, feature_set, columns, label)
+    key = cache.make_key(inputs)
+    with _step("reading cached features", progress):
+        table = cache.load_features(root, key)
+    if table is None:
+        with _step(f"computing {feature_set} features", progress):
+            table = compute(bars, feature_set, columns=columns, label=label, progress=progress)
+        cache.save_features(root, key, table, inputs)
+    return table
+
+
+def _day_range(bars: BarPanel, start: str | None, end: str | None, what: str) -> tuple[int, int]:
+    lo, hi = day_slice(bars.calendar, start, end)
+    if lo == hi:
+        raise ConfigError(f"{what} [{start} .. {end}] holds no trading day; the data covers "
+                          f"{bars.calendar[0]:%Y-%m-%d} .. {bars.calendar[-1]:%Y-%m-%d}")
+    return lo, hi
+
+
+def _weight(bars: BarPanel, lo: int, hi: int) -> np.ndarray | None:
+    weight = bars.fields.get("weight")
+    return None if weight is None else np.ascontiguousarray(weight[:, lo:hi])
+
+
+def prepare_panel(cfg: Config, progress: bool = True) -> tuple[ProcessedPanel, ProcessorState]:
+    """The processed panel of ``cfg`` and the processors' fitted state (save it with the model)."""
+    check_specs(cfg.processors.infer, cfg.processors.learn)
+    feats = cfg.features
+    check_features(feats.set, feats.columns, feats.label_expression)
+    with _step(f"loading bars ({cfg.data.source})", progress):
+        bars = load_bars(cfg.data)
+    lo, hi = _day_range(bars, cfg.data.start, cfg.data.end, "data.start/end")
+    calendar = bars.calendar[lo:hi]
+    membership = np.ascontiguousarray(bars.membership[:, lo:hi])
+    horizon = label_horizon(feats.label_expression)
+    bounds = segment_bounds(calendar, cfg.dataset, horizon)
+    fit_lo, fit_hi = fit_window(calendar, cfg.processors, bounds["train"])
+    fit_start, fit_end = f"{calendar[fit_lo]:%Y-%m-%d}", f"{calendar[fit_hi - 1]:%Y-%m-%d}"
+
+    f_inputs = feature_inputs(bars, feats.set, feats.columns, feats.label_expression)
+    p_inputs = {"features": cache.make_key(f_inputs), "processing": PROCESSING_VERSION,
+                "days": [calendar[0].isoformat(), calendar[-1].isoformat()], "fit": [fit_start, fit_end],
+                "infer": [asdict(s) for s in cfg.processors.infer],
+                "learn": [asdict(s) for s in cfg.processors.learn]}
+    root = Path(cfg.data.cache_dir).expanduser()
+    p_key = cache.make_key(p_inputs)
+    cached = cache.load_panel(root, p_key)
+    if cached is not None:
+        features, label_raw, label_learn, state = cached
+    else:
+        table = features_for(bars, feats.set, feats.columns, feats.label_expression, root, progress, f_inputs)
+        with _step("fitting and applying processors", progress):
+            fit_days = np.zeros(len(calendar), dtype=bool)
+            fit_days[fit_lo:fit_hi] = True
+            label_raw = np.ascontiguousarray(table.label[:, lo:hi])
+            state, processed = fit_processors(
+                np.array(table.values[:, lo:hi], dtype=np.float32), label_raw, membership, fit_days,
+                infer=cfg.processors.infer, learn=cfg.processors.learn, feature_set=feats.set,
+                feature_names=table.names, columns=feats.columns, label_expression=feats.label_expression,
+                fit_start=fit_start, fit_end=fit_end)
+            features, label_learn = processed.features, processed.label_learn
+        cache.save_panel(root, p_key, calendar, bars.instruments, features, label_raw, label_learn, state,
+                         p_inputs)
+    # Checked after processing: "no member rows with a label" needs the label.
+    segment_bounds(calendar, cfg.dataset, horizon, membership & ~np.isnan(label_raw))
+    panel = ProcessedPanel(calendar=calendar, instruments=bars.instruments, feature_names=state.feature_names,
+                           features=features, label_raw=label_raw, label_learn=label_learn, membership=membership,
+                           segments=bounds, weight=_weight(bars, lo, hi))
+    return panel, state
+
+
+def prepare_inference(state: ProcessorState, cfg: Config, start: str, end: str,
+                      progress: bool = True) -> ProcessedPanel:
+    """Process ``start .. end`` with a saved state (no refit), for scoring new dates.
+
+    The panel's one segment, ``test``, is ``start .. end``; the ``dataset.step_len`` trading days before it are
+    included (processed the same way) so windows ending on ``start`` have their history, as TSDatasetH extends a
+    segment. Features and label follow the state, not ``cfg.features``; ``cfg.data`` says where the bars are.
+    """
+    with _step(f"loading bars ({cfg.data.source})", progress):
+        bars = load_bars(cfg.data)
+    lo, hi = _day_range(bars, start, end, "predict start/end")
+    first = max(0, lo - cfg.dataset.step_len)
+    table = features_for(bars, state.feature_set, state.columns, state.label_expression, cfg.data.cache_dir,
+                         progress)
+    if table.names != state.feature_names:
+        raise DataError(f"features computed now ({len(table.names)}: {', '.join(table.names[:5])} …) differ "
+                        f"from the ones the processors were fitted on ({len(state.feature_names)}); the feature "
+                        "code changed since training — retrain, or use the distgru version that trained it")
+    membership = np.ascontiguousarray(bars.membership[:, first:hi])
+    if not membership[:, lo - first:].any():
+        raise ConfigError(f"predict [{start} .. {end}]: no instrument of the universe has a bar in it")
+    label_raw = np.ascontiguousarray(table.label[:, first:hi])
+    with _step("applying saved processors", progress):
+        processed = state.transform(np.array(table.values[:, first:hi], dtype=np.float32), label_raw, membership)
+    return ProcessedPanel(calendar=bars.calendar[first:hi], instruments=bars.instruments,
+                          feature_names=state.feature_names, features=processed.features, label_raw=label_raw,
+                          label_learn=processed.label_learn, membership=membership,
+                          segments={"test": (lo - first, hi - first)}, weight=_weight(bars, first, hi))
+

@@ -1,0 +1,263 @@
+"""THE training loop: one function for Ray Train workers, torchrun, a plain process and the tests.
+
+    result = train_loop(cfg, panel, make_shard(cfg, panel), report=lambda metrics, state: print(metrics))
+
+Per epoch every rank runs the same number of steps over its shuffled share of the training samples, then scores
+its share of the validation samples; the predictions are gathered so every rank computes the single-process
+metric and takes the same early-stopping decision. Rank 0 hands the full checkpoint state to ``report``;
+``train_loop(..., resume=state)`` continues it exactly (bit for bit with ``train.deterministic``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distgru.config.schema import Config, TrainConfig
+from distgru.features.table import ProcessedPanel
+from distgru.models import build_model
+from distgru.training import parallel as par
+from distgru.training.losses import batch_loss, valid_metrics
+from distgru.training.reweight import sample_weights
+from distgru.training.windows import WindowIndex, available, sample_index
+
+
+@dataclass
+class SampleShard:
+    """This rank's samples as (instrument index, day index) int arrays."""
+
+    train_inst: np.ndarray
+    train_day: np.ndarray
+    train_weight: np.ndarray
+    """This rank's share of the training samples and their loss weights."""
+    valid_inst: np.ndarray
+    valid_day: np.ndarray
+    """This rank's share of ALL validation samples (disjoint across ranks, their union is every sample)."""
+
+
+Reporter = Callable[[dict[str, float], dict | None], None]
+"""Called on every rank after every epoch: (metrics, full checkpoint state on rank 0 / None elsewhere)."""
+
+
+@dataclass
+class LoopResult:
+    best_epoch: int
+    """-1 when no epoch improved on -inf (e.g. a NaN metric): best_state is then the initial weights, as qlib."""
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    best_state: dict[str, torch.Tensor]
+    """CPU state_dict of the best epoch's weights."""
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def window_len(cfg: Config) -> int:
+    """Window length T: flat (Alpha360) samples are step-1 windows whose one row the model reshapes."""
+    return 1 if cfg.model.input == "flat" else cfg.dataset.step_len
+
+
+def make_shard(cfg: Config, panel: ProcessedPanel, rank: int = 0, world: int = 1) -> SampleShard:
+    """A strided share of the learn samples of train and valid, with reweighter weights."""
+    t_inst, t_day = sample_index(panel, "train", "learn")
+    weight = sample_weights(cfg.train.reweighter, panel, t_inst, t_day)
+    v_inst, v_day = sample_index(panel, "valid", "learn")
+    part = slice(rank, None, world)
+    return SampleShard(t_inst[part], t_day[part], weight[part], v_inst[part], v_day[part])
+
+
+def predict(model: nn.Module, panel: ProcessedPanel, inst: np.ndarray, day: np.ndarray, step_len: int,
+            batch_size: int, device: torch.device | str) -> np.ndarray:
+    """Scores of the samples (inst[i], day[i]) over infer (DK_I) windows, float32, in the given order."""
+    device = torch.device(device)
+    features = torch.from_numpy(panel.features).to(device)
+    windows = WindowIndex.build(available(panel, "infer"), step_len, device)
+    return _score(par.unwrap(model).to(device), features, windows, torch.as_tensor(inst, device=device),
+                  torch.as_tensor(day, device=device), batch_size).cpu().numpy()
+
+
+def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: Reporter, *,
+               resume: dict | None = None, device: torch.device | None = None) -> LoopResult:
+    tc = cfg.train
+    rank, world = par.world_info()
+    is_main = rank == 0
+    device = device or par.default_device()
+    local_bs = tc.batch_size // world  # batch_size is global
+    if local_bs < 1:
+        raise ValueError(f"train.batch_size {tc.batch_size} < {world} workers")
+    with par.determinism(tc.deterministic):
+        # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg.model, window_len(cfg))
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+        ddp = par.wrap_model(model, device)
+        optimizer = (torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=tc.lr)
+        amp = par.Amp(tc.precision, device)
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            amp.scaler.load_state_dict(resume["scaler"])
+            _set_rng_state(resume["rng"])
+
+        # The panel goes to the device once; batches are gathered there.
+        features = torch.from_numpy(panel.features).to(device)
+        label = torch.from_numpy(panel.label_learn).to(device)
+        windows = WindowIndex.build(available(panel, "learn"), window_len(cfg), device)
+        t_inst, t_day = (torch.as_tensor(a, dtype=torch.int64, device=device)
+                         for a in (shard.train_inst, shard.train_day))
+        t_weight = torch.as_tensor(shard.train_weight, dtype=torch.float32, device=device)
+        v_inst, v_day = (torch.as_tensor(a, dtype=torch.int64, device=device)
+                         for a in (shard.valid_inst, shard.valid_day))
+
+        # DDP needs the same step count on every rank: derive it from the global sample count. The checks are
+        # reduced too, so a bad shard stops every rank instead of leaving the others waiting in a collective.
+        n_local = len(t_inst)
+        bad_labels = not bool(torch.isfinite(label[t_inst, t_day]).all())
+        n_global, n_empty, n_bad = (int(v) for v in par.all_reduce(
+            torch.tensor([n_local, n_local == 0, bad_labels], dtype=torch.int64, device=device)).tolist())
+        if n_bad:
+            raise ValueError("training samples must have a finite learn label (take them from sample_index 'learn')")
+        steps = n_global // (local_bs * world)
+        if steps == 0 or n_empty:
+            raise ValueError(f"{n_global} training samples ({n_empty} ranks without any) make no full batch of "
+                             f"{local_bs * world}")
+
+        start = 0 if resume is None else resume["epoch"] + 1
+        best_score = -float("inf") if resume is None else resume["best_score"]
+        best_epoch = -1 if resume is None else resume["best_epoch"]
+        best_state = _cpu_copy(model.state_dict()) if resume is None else resume["best_state"]
+        patience = 0 if resume is None else resume["patience"]
+        history: list[dict[str, float]] = [] if resume is None else list(resume["history"])
+
+        epoch = start
+        while epoch < tc.n_epochs and patience < tc.early_stop:
+            t0 = time.perf_counter()
+            # Shuffle and dropout streams derive from (seed, epoch, rank) alone, so a resumed epoch replays exactly.
+            torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, rank]).generate_state(1)[0]))
+            order = np.random.default_rng([tc.seed, epoch, rank]).permutation(n_local)
+            # A rank with fewer samples wraps around its permutation; one with more leaves the tail (drop_last).
+            take = torch.from_numpy(order[np.arange(steps * local_bs) % n_local].reshape(steps, local_bs))
+            stats = _train_epoch(ddp, optimizer, amp, tc, features, label, windows,
+                                 t_inst, t_day, t_weight, take.to(device))
+            train_s = time.perf_counter() - t0
+
+            pred = _score(model, features, windows, v_inst, v_day, tc.batch_size)
+            rows = par.all_gather_rows(torch.stack([v_inst.double(), v_day.double(), pred.double()], dim=1)).cpu()
+            metrics = _valid_metrics(rows.numpy(), panel)
+            # Every rank computed the metric from the same gathered predictions; rank 0's value is authoritative.
+            score = float(par.broadcast(torch.tensor([metrics[tc.metric]], dtype=torch.float64, device=device)).item())
+
+            if score > best_score:
+                best_score, best_epoch, patience = score, epoch, 0
+                best_state = _cpu_copy(model.state_dict())
+            else:
+                patience += 1
+
+            totals = par.all_reduce(stats.double()).cpu() / (world * steps)
+            seconds = par.all_reduce(torch.tensor([train_s, time.perf_counter() - t0],
+                                              dtype=torch.float64, device=device), op="max").cpu()
+            entry = {"epoch": epoch, "train_loss": float(totals[0]), "grad_norm": float(totals[1]),
+                     "clip_frac": float(totals[2]), "valid_score": score, "valid_mse": -metrics["loss"],
+                     "valid_ic": metrics["ic"], "valid_rank_ic": metrics["rank_ic"], "best_score": best_score,
+                     "best_epoch": best_epoch, "samples_per_s": steps * local_bs * world / float(seconds[0]),
+                     "epoch_s": float(seconds[1])}
+            history.append(entry)
+            state = None
+            if is_main:
+                state = {"model": _cpu_copy(model.state_dict()), "optimizer": _cpu_copy(optimizer.state_dict()),
+                         "scaler": amp.scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                         "best_epoch": best_epoch, "best_state": best_state, "patience": patience,
+                         "rng": _rng_state(), "history": list(history)}
+            report(dict(entry), state)
+            epoch += 1
+
+    return LoopResult(best_epoch=best_epoch, best_score=best_score, epochs_run=epoch,
+                      stopped_early=patience >= tc.early_stop and epoch < tc.n_epochs,
+                      best_state=best_state, history=history)
+
+
+def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp, tc: TrainConfig,
+                 features: torch.Tensor, label: torch.Tensor, windows: WindowIndex, t_inst: torch.Tensor,
+                 t_day: torch.Tensor, t_weight: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
+    """One pass; returns per-rank sums of [loss, grad norm before clipping, clipped steps] (kept on the device
+    so no step waits for a host sync)."""
+    ddp.train()
+    params = [p for p in ddp.parameters() if p.requires_grad]
+    stats = torch.zeros(3, device=label.device)
+    for idx in take:
+        inst, day = t_inst[idx], t_day[idx]
+        with amp.autocast():
+            pred = ddp(windows.gather(features, inst, day))
+        loss = batch_loss(pred.float(), label[inst, day], t_weight[idx], tc.loss)
+        optimizer.zero_grad(set_to_none=True)
+        amp.backward(loss, optimizer)  # DDP all-reduces here; fp16 grads come back unscaled
+        norm, clipped = clip_gradients(params, tc.clip, tc.clip_value)
+        amp.step(optimizer)
+        stats += torch.stack([loss.detach(), norm.float(), clipped.float()])
+    return stats
+
+
+def clip_gradients(params: list[nn.Parameter], kind: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip in place by value (qlib: each element to ±threshold), by global L2 norm, or not at all.
+
+    Returns the L2 norm before clipping and whether clipping changed anything.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if kind == "norm":
+        torch.nn.utils.clip_grads_with_norm_(params, threshold, norm)
+        return norm, norm > threshold
+    if kind == "value":
+        clipped = torch.nn.utils.get_total_norm(grads, norm_type=float("inf")) > threshold
+        torch.nn.utils.clip_grad_value_(params, threshold)
+        return norm, clipped
+    return norm, torch.zeros((), dtype=torch.bool, device=norm.device)
+
+
+@torch.no_grad()
+def _score(model: nn.Module, features: torch.Tensor, windows: WindowIndex, inst: torch.Tensor,
+           day: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    parts = [model(windows.gather(features, inst[i:i + batch_size], day[i:i + batch_size])).float()
+             for i in range(0, len(inst), batch_size)]
+    model.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, device=features.device)
+
+
+def _valid_metrics(rows: np.ndarray, panel: ProcessedPanel) -> dict[str, float]:
+    # Canonical sample order, so the float reductions do not depend on how samples were split across ranks.
+    rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
+    inst, day = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+    return valid_metrics(rows[:, 2], panel.label_learn[inst, day], panel.label_raw[inst, day], day)
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy with tensors on the CPU (checkpoint states must not alias live, mutating tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, _cpu_copy(v)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    # The loop reseeds per epoch; these restore the global streams for any other code sharing the process.
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

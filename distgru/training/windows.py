@@ -1,0 +1,82 @@
+"""qlib TSDatasetH/TSDataSampler sample lists and windows, vectorised.
+
+A sample is an (instrument, day) pair whose row is *available* in the data key: a universe member (``infer``), and
+for ``learn`` also a row DropnaLabel kept (finite ``label_learn``). Samples are listed instrument-major, as
+TSDataSampler lists them.
+
+A sample's window covers the last ``step_len`` calendar days ending at its day, reaching back before the segment
+start (qlib extends each segment by step_len days). Each position takes the row of that day if available, else the
+latest available row earlier inside the window (ffill), else — a leading gap — the first available row inside the
+window (bfill). Rows outside the window never leak in.
+
+qlib's window calendar is the set of days with at least one row in the data key; days where no instrument has a
+row (in DK_L: only the last days of the data, whose labels are unknown) are therefore absent there but present in
+``panel.calendar`` here. Windows only look back, so no sample's window differs.
+
+Both lookup tables are ``[N, D]``: ``last_le[n, d]`` is the last available day ≤ d (−1 if none) and
+``first_ge[n, d]`` the first available day ≥ d (D if none). A batch of windows is then one gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from distgru.features.table import ProcessedPanel
+
+DataKey = Literal["learn", "infer"]
+
+
+def available(panel: ProcessedPanel, data_key: DataKey) -> np.ndarray:
+    """bool [N, D]: the rows present in the data key."""
+    if data_key == "infer":
+        return panel.membership.copy()
+    return panel.membership & np.isfinite(panel.label_learn)
+
+
+def sample_index(panel: ProcessedPanel, segment: str, data_key: DataKey) -> tuple[np.ndarray, np.ndarray]:
+    """(instrument, day) int64 arrays of the segment's samples, instrument-major then by day."""
+    lo, hi = panel.segments[segment]
+    inst, day = np.nonzero(available(panel, data_key)[:, lo:hi])  # row-major nonzero = instrument-major
+    return inst.astype(np.int64), day.astype(np.int64) + lo
+
+
+def _lookup_tables(avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_inst, n_days = avail.shape
+    days = np.broadcast_to(np.arange(n_days, dtype=np.int64), avail.shape)
+    last_le = np.maximum.accumulate(np.where(avail, days, -1), axis=1)
+    first_ge = np.minimum.accumulate(np.where(avail, days, n_days)[:, ::-1], axis=1)[:, ::-1]
+    return last_le, first_ge.copy()  # a copy: torch rejects the reversed view's negative strides
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Window source days for one data key, as device tensors. ``step_len`` 1 is flat mode (the own day)."""
+
+    step_len: int
+    last_le: torch.Tensor
+    """int64 [N, D]."""
+    first_ge: torch.Tensor
+    """int64 [N, D]."""
+
+    @classmethod
+    def build(cls, avail: np.ndarray, step_len: int, device: torch.device | str | None = None) -> WindowIndex:
+        last_le, first_ge = _lookup_tables(np.asarray(avail, dtype=bool))
+        return cls(step_len, torch.from_numpy(last_le).to(device), torch.from_numpy(first_ge).to(device))
+
+    def source_days(self, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """int64 [B, T]: the day whose row fills each window position (the samples' own rows must be available)."""
+        start = day - (self.step_len - 1)  # may be negative: qlib pads those positions, then back-fills them
+        pos = start[:, None] + torch.arange(self.step_len, device=day.device)
+        inst2 = inst[:, None]
+        prev = self.last_le[inst2, pos.clamp(min=0)]
+        first = self.first_ge[inst, start.clamp(min=0)][:, None]
+        # A forward-fill source before the window (or none, −1) leaves a leading gap: back-fill it.
+        return torch.where((pos >= 0) & (prev >= start.clamp(min=0)[:, None]), prev, first)
+
+    def gather(self, features: torch.Tensor, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """[B, T, F] windows from ``features`` [N, D, F] (same device as the tables)."""
+        return features[inst[:, None], self.source_days(inst, day)]

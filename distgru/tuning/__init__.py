@@ -1,0 +1,1 @@
+"""Ray Tune over distgru training configs (``distgru tune``): space, trials, results and report."""

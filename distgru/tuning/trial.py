@@ -1,0 +1,146 @@
+"""The two trial shapes. Both run THE training loop and report every epoch, so schedulers can stop a trial early;
+the loop's own patience (train.early_stop) still ends a trial.
+
+- ``resources.num_workers == 1``: ``in_process_trial`` runs the loop inside the Tune trial process, attaching
+  the loop's full state as a ``tune.Checkpoint`` each epoch. That is what PBT exploits and what a restored
+  experiment resumes from (``tune.get_checkpoint()``).
+- ``resources.num_workers > 1``: ``multi_worker_trial`` launches the same TorchTrainer ``distgru train`` uses
+  (``run_training``), its Train run stored in ``<experiment dir>/trial_<id>/train`` (a deterministic name, so a
+  retried or restored trial resumes the Train run), and forwards each epoch's rank-0 report to Tune.
+
+Panels arrive as ``data_box = [{data_key: ObjectRef((panel, processor_state))}]``: prepared once in the driver,
+one per distinct data config, and boxed because Tune resolves top-level ObjectRefs in trainable parameters.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from distgru.config import Config
+from distgru.features.table import ProcessedPanel
+from distgru.processing.processors import ProcessorState
+from distgru.training.checkpoint import load_state, save_state
+from distgru.training.loop import make_shard, train_loop
+from distgru.tuning.space import data_key, trial_config
+
+TRAIN_SUBDIR = "train"
+"""A multi-worker trial's Ray Train run directory, inside the Tune trial directory."""
+EPOCH_KEY = "train_loss"
+"""Present in every per-epoch report and absent from the Train run's final summary report."""
+
+
+def trial_dirname(trial_id: str) -> str:
+    """Short trial directories (Tune's default name repeats every parameter)."""
+    return f"trial_{trial_id}"
+
+
+def _data(cfg: Config, data_box: list[dict[str, Any]]) -> tuple[ProcessedPanel, ProcessorState]:
+    import ray
+
+    return ray.get(data_box[0][data_key(cfg)])
+
+
+def in_process_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]]) -> None:
+    """A Tune function trainable: one training run in this process."""
+    import ray
+    from ray import tune
+
+    cfg = trial_config(base, params)
+    panel, _ = _data(cfg, data_box)
+    # Ray sets OMP_NUM_THREADS from the reservation, but torch read it at import, before the actor knew.
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = load_state(d)
+        # After a PBT exploit the config's lr is the explored one; the cloned optimizer state holds the donor's.
+        for group in resume["optimizer"]["param_groups"]:
+            group["lr"] = cfg.train.lr
+
+    def report(metrics: dict[str, float], state: dict | None) -> None:
+        assert state is not None  # rank 0 of a world of one always hands over its state
+        with tempfile.TemporaryDirectory(prefix="distgru-tune-") as tmp:
+            save_state(state, tmp)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    with warnings.catch_warnings():
+        # The panel arrays are read-only views of the object store; the loop copies them and never writes them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        train_loop(cfg, panel, make_shard(cfg, panel), report, resume=resume, device=device)
+
+
+class EpochReports(TuneReportCallback):
+    """Forward the per-epoch reports to Tune: ``run_training``'s closing summary report is not an epoch and lacks
+    the metrics Tune's strict metric check expects."""
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if EPOCH_KEY in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+@contextmanager
+def _train_callbacks(callbacks: list[Any]) -> Iterator[None]:
+    """Stand-in until ``run_training`` takes ``callbacks=``: add Ray Train callbacks to every RunConfig built in
+    this trial process while the block runs (one trial per process: Tune's reuse_actors is off).
+
+    ``__init__`` is wrapped rather than the ``ray.train.RunConfig`` name replaced: the class says it lives in
+    ``ray.train``, so cloudpickle pickles it by that name and a replaced name would break the controller's
+    serialisation."""
+    import ray.train
+
+    cls = ray.train.RunConfig
+    original = cls.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        given = list(kwargs.get("callbacks") or [])
+        kwargs["callbacks"] = given + [c for c in callbacks if c not in given]  # replace() copies pass them on
+        original(self, *args, **kwargs)
+
+    cls.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cls.__init__ = original  # type: ignore[method-assign]
+
+
+def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]],
+                       exp_dir: str) -> None:
+    """A Tune function trainable that drives a Ray Train (DDP) run of ``resources.num_workers`` workers.
+
+    The Train run lives in the trial's directory of the experiment (``exp_dir``, shared storage on a multi-node
+    cluster), not in Tune's local trial directory: that one is a per-session staging copy."""
+    from ray import tune
+
+    from distgru.training.ray_train import run_training
+
+    cfg = trial_config(base, params)
+    panel, state = _data(cfg, data_box)
+    run_dir = Path(exp_dir) / trial_dirname(tune.get_context().get_trial_id()) / TRAIN_SUBDIR
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _train_callbacks([EpochReports()]):
+        run_training(cfg, panel, state, run_dir, progress=False)
+
+
+def trial_best_weights(trial_dir: str | Path, tune_checkpoint: Any) -> dict[str, torch.Tensor]:
+    """The best epoch's weights of a finished, stopped or interrupted trial: from its latest checkpoint, whose
+    state always carries ``best_state`` (the Tune checkpoint of an in-process trial, else the newest Ray Train
+    checkpoint of the trial's Train run)."""
+    if tune_checkpoint is not None:
+        with tune_checkpoint.as_directory() as d:
+            return load_state(d)["best_state"]
+    states = sorted((Path(trial_dir) / TRAIN_SUBDIR).glob("checkpoint_*/state.pt"))
+    if not states:
+        raise FileNotFoundError(f"no checkpoint in {trial_dir}: the trial never finished an epoch")
+    return load_state(states[-1].parent)["best_state"]

@@ -1,0 +1,195 @@
+"""The training loop in one process: loss, clipping, early stopping, resume, reweighters, flat mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from distgru.config.schema import Config, DatasetConfig, FeatureConfig, ModelConfig, ReweighterConfig, TrainConfig
+from distgru.features.table import ProcessedPanel
+from distgru.training import loop as loop_module
+from distgru.training.loop import LoopResult, SampleShard, clip_gradients, make_shard, predict, train_loop
+from distgru.training.losses import batch_loss, qlib_mse, valid_metrics
+from distgru.training.reweight import sample_weights
+from distgru.training.windows import sample_index
+
+
+def tiny_panel(n_inst: int = 30, n_days: int = 120, n_feat: int = 4, seed: int = 0) -> ProcessedPanel:
+    """A market whose label is a learnable function of today's and yesterday's features, with gaps."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((n_inst, n_days, n_feat)).astype(np.float32)
+    previous = np.roll(features[:, :, 1], 1, axis=1)
+    label_raw = (0.6 * features[:, :, 0] + 0.4 * previous + 0.5 * rng.standard_normal((n_inst, n_days)))
+    membership = rng.random((n_inst, n_days)) < 0.92
+    membership[: n_inst // 5, : n_days // 3] = False  # late joiners
+    label_learn = (label_raw - label_raw.mean(0)) / label_raw.std(0)
+    label_learn[rng.random((n_inst, n_days)) < 0.03] = np.nan  # DropnaLabel gaps
+    third = n_days // 6
+    return ProcessedPanel(calendar=pd.bdate_range("2020-01-01", periods=n_days),
+                          instruments=tuple(f"S{i:03d}" for i in range(n_inst)),
+                          feature_names=tuple(f"f{k}" for k in range(n_feat)), features=features,
+                          label_raw=label_raw.astype(np.float32), label_learn=label_learn.astype(np.float32),
+                          membership=membership,
+                          segments={"train": (third, 4 * third), "valid": (4 * third, 5 * third),
+                                    "test": (5 * third, n_days)})
+
+
+def tiny_config(**train: object) -> Config:
+    defaults: dict[str, object] = {"n_epochs": 6, "lr": 1e-2, "batch_size": 64, "early_stop": 3, "metric": "ic"}
+    return Config(model=ModelConfig(d_feat=4, hidden_size=8, num_layers=1), dataset=DatasetConfig(step_len=5),
+                  train=TrainConfig(**{**defaults, **train}))
+
+
+def run(cfg: Config, panel: ProcessedPanel, **kwargs: object) -> tuple[LoopResult, list]:
+    reports: list = []
+    result = train_loop(cfg, panel, make_shard(cfg, panel), lambda m, s: reports.append((m, s)),
+                        device=torch.device("cpu"), **kwargs)
+    return result, reports
+
+
+def test_weighted_mse_by_hand() -> None:
+    pred, label = torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([0.0, float("nan"), 1.0, 0.5])
+    weight = torch.tensor([2.0, 1.0, 3.0, 4.0])
+    # qlib: mean over the 3 finite labels of w·err² = (2·1 + 3·4 + 4·0.25) / 3; it divides by N, not by Σw.
+    assert qlib_mse(pred, label, weight).item() == pytest.approx(15 / 3)
+    assert batch_loss(pred[[0, 2, 3]], label[[0, 2, 3]], weight[[0, 2, 3]]).item() == pytest.approx(15 / 3)
+    huber = batch_loss(pred[[0, 2]], label[[0, 2]], weight[[0, 2]], "huber").item()
+    assert huber == pytest.approx((2 * 0.5 + 3 * (2 - 0.5)) / 2)
+
+
+def test_valid_metrics_by_hand() -> None:
+    day = np.array([0, 0, 0, 1, 1, 1])
+    pred = np.array([1.0, 2.0, 3.0, 3.0, 2.0, 1.0])
+    raw = np.array([1.0, 2.0, 4.0, 1.0, 2.0, np.nan])  # day 0 Pearson = corr([1,2,3],[1,2,4]); day 1 = -1
+    day0 = np.corrcoef([1, 2, 3], [1, 2, 4])[0, 1]
+    m = valid_metrics(pred, np.zeros(6), raw, day)
+    assert m["ic"] == pytest.approx((day0 - 1) / 2)
+    assert m["rank_ic"] == pytest.approx(0.0)  # day 0: +1, day 1: -1
+    assert m["loss"] == pytest.approx(-np.mean(pred**2))
+
+
+def grads(*values: list[float]) -> list[torch.nn.Parameter]:
+    params = [torch.nn.Parameter(torch.zeros(len(v))) for v in values]
+    for p, v in zip(params, values, strict=True):
+        p.grad = torch.tensor(v)
+    return params
+
+
+def test_clip_by_value() -> None:
+    params = grads([5.0, -1.0], [0.5, -4.0])
+    norm, clipped = clip_gradients(params, "value", 3.0)
+    assert norm.item() == pytest.approx(6.5) and clipped.item()
+    assert params[0].grad.tolist() == [3.0, -1.0] and params[1].grad.tolist() == [0.5, -3.0]
+    _, clipped = clip_gradients(grads([1.0, -2.9]), "value", 3.0)
+    assert not clipped.item()
+
+
+def test_clip_by_norm() -> None:
+    params = grads([3.0], [4.0])
+    norm, clipped = clip_gradients(params, "norm", 1.0)
+    assert norm.item() == pytest.approx(5.0) and clipped.item()
+    assert params[0].grad.item() == pytest.approx(0.6) and params[1].grad.item() == pytest.approx(0.8)
+    params = grads([3.0], [4.0])
+    _, clipped = clip_gradients(params, "norm", 10.0)
+    assert not clipped.item() and params[1].grad.item() == 4.0
+    _, clipped = clip_gradients(grads([30.0]), "none", 1.0)
+    assert not clipped.item()
+
+
+def test_early_stopping_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = iter([0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9])  # a tie is not an improvement (strict >, as qlib)
+    monkeypatch.setattr(loop_module, "_valid_metrics", lambda rows, panel: dict.fromkeys(("loss", "ic", "rank_ic"),
+                                                                                        next(scores)))
+    result, reports = run(tiny_config(n_epochs=10, early_stop=3), tiny_panel(n_inst=12, n_days=60))
+    assert (result.best_epoch, result.epochs_run, result.stopped_early) == (1, 5, True)
+    assert result.best_score == pytest.approx(0.3)
+    assert [m["epoch"] for m, _ in reports] == [0, 1, 2, 3, 4]
+    assert reports[-1][1]["patience"] == 3 and reports[-1][1]["best_epoch"] == 1
+
+
+def test_resume_equals_uninterrupted() -> None:
+    cfg, panel = tiny_config(n_epochs=40, early_stop=3, deterministic=True), tiny_panel()
+    full, reports = run(cfg, panel)
+    assert full.stopped_early and full.epochs_run > 5
+    state = reports[2][1]  # interrupt after epoch 2
+    resumed, resumed_reports = run(cfg, panel, resume=state)
+    assert resumed_reports[0][0]["epoch"] == 3
+    assert (resumed.best_epoch, resumed.best_score, resumed.epochs_run, resumed.stopped_early) == \
+           (full.best_epoch, full.best_score, full.epochs_run, full.stopped_early)
+    drop = {"samples_per_s", "epoch_s"}
+    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in full.history]
+    for key, value in full.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+    assert full.history[-1]["valid_ic"] > 0.3  # the tiny market is learnable
+
+
+def test_report_state_and_predict() -> None:
+    cfg, panel = tiny_config(n_epochs=2, clip="norm", clip_value=0.5), tiny_panel(n_inst=12, n_days=60)
+    result, reports = run(cfg, panel)
+    metrics, state = reports[-1]
+    assert {"train_loss", "grad_norm", "clip_frac", "valid_score", "valid_ic", "samples_per_s"} <= metrics.keys()
+    assert 0.0 <= metrics["clip_frac"] <= 1.0
+    assert set(state) >= {"model", "optimizer", "epoch", "best_score", "best_epoch", "best_state", "patience",
+                          "rng", "history"}
+    model = loop_module.build_model(cfg.model, 5)
+    model.load_state_dict(result.best_state)
+    inst, day = sample_index(panel, "test", "infer")
+    scores = predict(model, panel, inst, day, 5, 7, "cpu")
+    assert scores.shape == inst.shape and np.isfinite(scores).all()
+    # Batch size does not change predictions (up to float reassociation).
+    np.testing.assert_allclose(predict(model, panel, inst, day, 5, 1000, "cpu"), scores, atol=1e-6)
+
+
+def test_bf16_autocast_and_fp16_needs_cuda() -> None:
+    panel = tiny_panel(n_inst=12, n_days=60)
+    result, _ = run(tiny_config(n_epochs=1, precision="bf16"), panel)
+    assert np.isfinite(result.history[0]["train_loss"]) and result.history[0]["valid_ic"] > 0
+    with pytest.raises(ValueError, match="CUDA"):
+        run(tiny_config(n_epochs=1, precision="fp16"), panel)
+
+
+def test_flat_mode_trains() -> None:
+    panel = tiny_panel(n_inst=12, n_days=60, n_feat=12)
+    cfg = Config(features=FeatureConfig(set="alpha360"), model=ModelConfig(d_feat=6, hidden_size=4, input="flat"),
+                 train=TrainConfig(n_epochs=2, batch_size=32, metric="loss"))
+    result, _ = run(cfg, panel)
+    assert result.epochs_run == 2 and np.isfinite(result.best_score)
+
+
+class HalfOnMondays:
+    def reweight(self, dates: pd.DatetimeIndex, instruments: np.ndarray) -> np.ndarray:
+        return np.where(dates.day_of_week == 0, 0.5, 1.0)
+
+
+def test_reweighters() -> None:
+    panel = tiny_panel(n_inst=6, n_days=60)
+    inst, day = sample_index(panel, "train", "learn")
+    last = panel.segments["train"][1] - 1
+    decay = sample_weights(ReweighterConfig(kind="time_decay", half_life_days=5), panel, inst, day)
+    np.testing.assert_allclose(decay, 0.5 ** ((last - day) / 5), rtol=1e-6)
+    assert decay[day == last].tolist() == [1.0] * int((day == last).sum())
+    klass = sample_weights(ReweighterConfig(kind="class", class_path="test_loop:HalfOnMondays"), panel, inst, day)
+    np.testing.assert_array_equal(klass, np.where(panel.calendar[day].day_of_week == 0, 0.5, 1.0))
+    with pytest.raises(ValueError, match="weight column"):
+        sample_weights(ReweighterConfig(kind="column"), panel, inst, day)
+    column = np.random.default_rng(1).random(panel.label_raw.shape).astype(np.float32)
+    weighted = ProcessedPanel(**{**panel.__dict__, "weight": column})
+    np.testing.assert_array_equal(sample_weights(ReweighterConfig(kind="column"), weighted, inst, day),
+                                  column[inst, day])
+    assert (sample_weights(ReweighterConfig(), panel, inst, day) == 1).all()
+
+
+def test_bad_shards_are_rejected() -> None:
+    cfg, panel = tiny_config(n_epochs=1), tiny_panel(n_inst=12, n_days=60)
+    shard = make_shard(cfg, panel)
+    empty = SampleShard(shard.train_inst[:0], shard.train_day[:0], shard.train_weight[:0], shard.valid_inst,
+                        shard.valid_day)
+    with pytest.raises(ValueError, match="no full batch"):
+        train_loop(cfg, panel, empty, lambda m, s: None, device=torch.device("cpu"))
+    inst, day = np.nonzero(np.isnan(panel.label_learn) & panel.membership)
+    dropped = SampleShard(inst, day, np.ones(len(inst), np.float32), shard.valid_inst, shard.valid_day)
+    with pytest.raises(ValueError, match="finite learn label"):
+        train_loop(cfg, panel, dropped, lambda m, s: None, device=torch.device("cpu"))

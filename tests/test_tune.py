@@ -1,0 +1,230 @@
+"""distgru tune: space validation (no Ray), an in-process ASHA search with its outputs and report, a 2-worker
+Ray Train trial, and resuming an experiment whose driver was killed.
+
+The ASHA test is deterministic by construction: a grid of lr [1e-2, 3e-3, 1e-8, 1e-9] with 2 concurrent trials.
+All trials start from the same weights (same train.seed), so after epoch 1 the two lr≈0 trials score exactly
+their initial IC, below the two that learned. Trials 2 and 3 can only start once trial 0 or 1 has ended, i.e.
+after a good trial recorded its epoch-1 result at ASHA's first rung; a later arrival below the median of the
+earlier arrivals is stopped, so both near-zero-lr trials stop after one epoch whatever the timing (which of the
+two learning trials reaches the rung first is timing, so the second of them may be stopped too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from distgru.cli import main
+from distgru.config import ConfigError, load_config, to_dict
+from distgru.training.rundir import PREDICTIONS_FILE
+from distgru.tuning.results import (
+    BEST_CONFIG,
+    REPORT_FILE,
+    RESULTS_CSV,
+    RESULTS_PARQUET,
+    SUMMARY_FILE,
+    finish_experiment,
+)
+from distgru.tuning.runner import max_concurrent, run_experiment
+from distgru.tuning.space import check_space, data_key, tune_config_from_dict
+from tests.ray_fixtures import ray_runtime, tiny_config, tiny_panel, tiny_state  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tune_cfg(tmp: str, tune: dict[str, Any], *overrides: str) -> Any:
+    data = to_dict(tiny_config(tmp, *overrides))
+    data["tune"] = tune
+    return tune_config_from_dict(data)
+
+
+def _data(cfg: Any) -> dict:
+    return {data_key(cfg): (tiny_panel(), tiny_state())}
+
+
+# ---- validation: no Ray, no data -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("space", "needle"), [
+    ({"train.lrr": {"uniform": [1e-3, 1e-2]}}, "train.lrr"),
+    ({"model.hidden_size": {"choice": []}}, "tune.space.model.hidden_size: choice list is empty"),
+    ({"train.clip_value": {"uniform": [5, 1]}}, "tune.space.train.clip_value: uniform low 5 is greater than high 1"),
+    ({"model.hidden_size": {"randint": [64, 32]}}, "tune.space.model.hidden_size: randint low 64"),
+    ({"model.dropout": {"uniform": [0.0, 1.0]}}, "model.dropout: 1.0 must be in [0, 1)"),
+    ({"train.lr": {"normal": [0, 1]}}, "unknown distribution 'normal'"),
+    ({"features.columns": {"uniform": [0, 1]}}, "must be choice or grid"),
+    ({"resources.num_workers": {"choice": [1, 2]}}, "cannot vary resources"),
+])
+def test_space_errors_fail_before_any_trial(tmp_path, monkeypatch, capsys, space, needle) -> None:
+    def no_data(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("data was prepared although the space is invalid")
+
+    monkeypatch.setattr("distgru.tuning.runner.prepare_data", no_data)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump({"tune": {"space": space}}))
+    assert main(["tune", str(path), "--output", str(tmp_path)]) == 2
+    assert needle in capsys.readouterr().err
+    assert not list(tmp_path.glob("distgru-*")), "an experiment directory was created"
+
+
+def test_pbt_needs_single_worker_trials(tmp_path) -> None:
+    tune = {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}, "scheduler": {"kind": "pbt"}}
+    with pytest.raises(ConfigError, match="'pbt' needs single-worker trials"):
+        check_space(_tune_cfg(str(tmp_path), tune))  # tiny_config has 2 workers
+    check_space(_tune_cfg(str(tmp_path), tune, "resources.num_workers=1"))
+
+
+def test_optional_searcher_and_concurrency(tmp_path) -> None:
+    from distgru.tuning.runner import check_search_package
+
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        cfg = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}, "search": "optuna"})
+        with pytest.raises(ConfigError, match="needs the optuna package"):
+            check_search_package(cfg)
+    one = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}, "resources": {"gpu": 0.25}},
+                    "resources.num_workers=1")
+    assert max_concurrent(one, {"CPU": 16, "GPU": 2}) == 8
+    two = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}})
+    assert max_concurrent(two, {"CPU": 8}) == 2  # 1 trial process + 2 workers each
+    with pytest.raises(ConfigError, match="one trial needs 3 CPUs"):
+        max_concurrent(two, {"CPU": 2})
+
+
+# ---- Ray -------------------------------------------------------------------------------------------------------
+
+ASHA_TUNE = {"space": {"train.lr": {"grid": [1e-2, 3e-3, 1e-8, 1e-9]}}, "metric": "valid_ic", "num_samples": 1,
+             "max_concurrent_trials": 2, "resources": {"cpu": 1},
+             "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 2}}
+_RUNS: dict[str, tuple[Path, dict]] = {}
+
+
+def _asha_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    if "asha" not in _RUNS:
+        tmp = tmp_path_factory.mktemp("asha")
+        cfg = _tune_cfg(str(tmp), ASHA_TUNE, "resources.num_workers=1", "train.n_epochs=2")
+        exp_dir = tmp / "exp"
+        exp_dir.mkdir()
+        t0 = time.perf_counter()
+        grid = run_experiment(cfg, _data(cfg), exp_dir, verbose=0)
+        _RUNS["asha"] = exp_dir, finish_experiment(cfg, grid, _data(cfg), exp_dir, t0=t0)
+    return _RUNS["asha"]
+
+
+@pytest.mark.ray
+def test_asha_in_process_trials(ray_runtime, tmp_path_factory) -> None:  # noqa: F811
+    exp_dir, summary = _asha_run(tmp_path_factory)
+    table = pd.read_parquet(exp_dir / RESULTS_PARQUET)
+    assert len(table) == 4 and (table["status"] == "TERMINATED").all()
+    by_lr = table.set_index("train.lr")
+    assert list(by_lr.loc[[1e-8, 1e-9], "stopped_by"]) == ["scheduler", "scheduler"]
+    assert list(by_lr.loc[[1e-8, 1e-9], "epochs"]) == [1, 1]
+    assert (by_lr.loc[[1e-2, 3e-3], "epochs"] == 2).any()  # the first arrival at a rung is never stopped
+    assert by_lr.loc[[1e-2, 3e-3], "best_valid_ic"].min() > by_lr.loc[[1e-8, 1e-9], "best_valid_ic"].max()
+    assert pd.read_csv(exp_dir / RESULTS_CSV)["trial_id"].tolist() == table["trial_id"].tolist()
+
+    # The best trial's outputs: a config `distgru train` loads, best/ weights, TEST predictions and their IC.
+    best_cfg = load_config(exp_dir / BEST_CONFIG)
+    assert best_cfg.train.lr in (1e-2, 3e-3) and best_cfg.tune is None
+    assert (exp_dir / "best" / "model.pt").is_file()
+    preds = pd.read_parquet(exp_dir / PREDICTIONS_FILE)
+    lo, hi = tiny_panel().segments["test"]
+    assert preds["datetime"].min() == tiny_panel().calendar[lo] and len(preds) > 100
+    saved = json.loads((exp_dir / SUMMARY_FILE).read_text())
+    assert saved["best_trial"] == summary["best_trial"] and saved["test"]["IC"] > 0.1  # planted IC ≈ 0.45
+
+
+@pytest.mark.ray
+def test_report_and_tensorboard(ray_runtime, tmp_path_factory) -> None:  # noqa: F811
+    exp_dir, _ = _asha_run(tmp_path_factory)
+    page = (exp_dir / REPORT_FILE).read_text()
+    table = pd.read_parquet(exp_dir / RESULTS_PARQUET)
+    for trial_id, trial_dir in zip(table["trial_id"], table["trial_dir"], strict=True):
+        assert trial_id in page
+        assert list(Path(trial_dir).glob("events.out.tfevents.*")), f"no TensorBoard events for trial {trial_id}"
+    assert page.count("data:image/png;base64,") >= 2  # learning curves + metric by parameter
+    assert "Learning curves" in page
+
+
+@pytest.mark.ray
+def test_two_worker_trial(ray_runtime, tmp_path) -> None:  # noqa: F811
+    tune = {"space": {"train.lr": {"grid": [3e-3]}}, "num_samples": 1, "resources": {"cpu": 0.5},
+            "scheduler": {"kind": "fifo"}}
+    cfg = _tune_cfg(str(tmp_path), tune, "train.n_epochs=2")
+    assert cfg.resources.num_workers == 2
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    t0 = time.perf_counter()
+    grid = run_experiment(cfg, _data(cfg), exp_dir, verbose=0)
+    summary = finish_experiment(cfg, grid, _data(cfg), exp_dir, t0=t0)
+    hist = grid[0].metrics_dataframe
+    assert hist["epoch"].tolist() == [0, 1] and hist["valid_ic"].notna().all()  # every epoch forwarded
+    assert list((Path(grid[0].path) / "train").glob("checkpoint_*/state.pt"))
+    assert summary["test"]["IC"] > 0.1 and (exp_dir / PREDICTIONS_FILE).is_file()
+
+
+RESUME_CFG = {
+    "name": "resume", "data": {"synthetic": {"n_instruments": 30, "n_days": 200}},
+    "features": {"columns": ["RESI5", "KLEN", "KLOW", "STD5"]},
+    "dataset": {"train": ["2020-04-01", "2020-07-31"], "valid": ["2020-08-01", "2020-09-15"],
+                "test": ["2020-09-16", "2020-10-15"], "step_len": 5},
+    "model": {"d_feat": 4, "hidden_size": 8, "num_layers": 1},
+    "train": {"n_epochs": 3, "early_stop": 3, "batch_size": 256, "metric": "ic"},
+    "tune": {"space": {"train.lr": {"grid": [1e-3, 1e-2]}}, "num_samples": 1, "max_concurrent_trials": 1,
+             "scheduler": {"kind": "fifo"}},
+}
+
+
+def _rows(path: Path) -> int:
+    return len(pd.read_csv(path)) if path.is_file() and path.stat().st_size else 0
+
+
+@pytest.mark.ray
+def test_resume_after_killed_driver(ray_runtime, tmp_path) -> None:  # noqa: F811
+    cfg = {**RESUME_CFG, "output_dir": str(tmp_path / "out"), "data": {**RESUME_CFG["data"],
+                                                                        "cache_dir": str(tmp_path / "cache")}}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    # Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep for its temp dir.
+    ray_tmp = tempfile.TemporaryDirectory(prefix="dgt-")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp.name}
+    env.pop("RAY_ADDRESS", None)
+    finished: Path | None = None
+    with ray_tmp, open(tmp_path / "driver.log", "w") as log:
+        # Its own session: the driver and the local Ray it starts are killed together, as a lost head node is.
+        proc = subprocess.Popen([sys.executable, "-m", "distgru.cli", "tune", str(path)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                trials = sorted((tmp_path / "out").glob("resume-*/trial_*"))
+                done = [t for t in trials if _rows(t / "progress.csv") == 3]
+                if done and len(trials) >= 2:  # the first trial ended and the next one started
+                    finished = done[0]
+                    time.sleep(1.0)
+                    break
+                time.sleep(0.3)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert finished is not None, (tmp_path / "driver.log").read_text()[-3000:]
+    exp_dir = finished.parent
+    assert not (exp_dir / RESULTS_CSV).exists(), "the driver finished before it was killed"
+    before = (finished / "result.json").read_text()
+
+    assert main(["tune", "--resume", str(exp_dir)]) == 0  # on the test session's Ray
+    table = pd.read_parquet(exp_dir / RESULTS_PARQUET)
+    assert len(table) == 2 and (table["status"] == "TERMINATED").all() and (table["epochs"] == 3).all()
+    assert (finished / "result.json").read_text() == before, "a finished trial was run again"
