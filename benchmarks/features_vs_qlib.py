@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                       if ln.startswith("model name")), platform.processor())
     agreement = compare(ours_frame, args.qlib_frame)
     summary = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu_model,
                     "loadavg_at_end": os.getloadavg()},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,

@@ -29,17 +29,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported: train/tune pull in torch and Ray, which take seconds.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    module = None
     for name, help_text in COMMANDS.items():
-        try:
+        sub_parser = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == chosen:
             module = importlib.import_module(f"distgru.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"distgru.commands.{name}":
-                raise
-            continue  # a command not built yet
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text, description=module.__doc__,
-                                            formatter_class=argparse.RawDescriptionHelpFormatter))
+            sub_parser.description = module.__doc__
+            module.add_arguments(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from distgru.data.panel import DataError
 
     try:
-        return int(modules[args.command].run(args) or 0)
+        return int(module.run(args) or 0)  # type: ignore[union-attr]
     except (ConfigError, DataError) as e:
         print(f"distgru {args.command}: error: {e}", file=sys.stderr)
         return 2

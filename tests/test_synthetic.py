@@ -7,8 +7,10 @@ import time
 import numpy as np
 import pytest
 
+from distgru.config.presets import synthetic_default
 from distgru.config.schema import DatasetConfig, SyntheticConfig
 from distgru.data.synthetic import BENCHMARK, daily_ic, generate_market, oracle_ic, qlib_label
+from distgru.data.synthetic_dynamics import EVENT_BANDS, RESI5_WEIGHTS, REVERSAL_CAP, REVERSAL_COEF
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,86 @@ def test_oracle_ic_on_default_test_segment(panel) -> None:
     assert 0.05 <= ic <= 0.15
     for seed in (1,):
         assert 0.05 <= oracle_ic(generate_market(SyntheticConfig(seed=seed)), *ds.test) <= 0.15
+    # The default run's market (the preset's size) too.
+    preset = synthetic_default()
+    assert 0.05 <= oracle_ic(generate_market(preset.data.synthetic), *preset.dataset.test) <= 0.15
     # Every component carries signal on its own.
     for name, comp in panel.extras["expected_label_components"].items():
-        assert oracle_ic(panel, *ds.test, score=comp.astype(np.float64)) > 0.03, name
+        assert oracle_ic(panel, *ds.test, score=comp.astype(np.float64)) > 0.02, name
+
+
+def _lagged(x: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros_like(x)
+    out[:, k:] = x[:, : x.shape[1] - k]
+    return out
+
+
+def _r2(columns: list[np.ndarray], target: np.ndarray) -> float:
+    """In-sample R² of an OLS of target on the columns (plus a constant)."""
+    x = np.column_stack([np.ones_like(target), *columns])
+    coef, *_ = np.linalg.lstsq(x, target, rcond=None)
+    return 1.0 - np.var(target - x @ coef) / np.var(target)
+
+
+def _candles(panel) -> tuple[np.ndarray, np.ndarray]:
+    """Alpha158 KLEN and KLOW of every bar, float64 (0 without a bar)."""
+    f = {k: panel.fields[k].astype(np.float64) for k in ("open", "high", "low", "close")}
+    klen = np.nan_to_num((f["high"] - f["low"]) / f["open"])
+    klow = np.nan_to_num((np.minimum(f["open"], f["close"]) - f["low"]) / f["open"])
+    return klen, klow
+
+
+def test_signal_is_recoverable_from_a_20_day_window_of_alpha158(panel) -> None:
+    """The whole planted return is (nearly) linear in Alpha158 quantities of the last 20 days: RESI5 and KLOW of
+    day T, and a range-expansion indicator (KLOW > 3%) on each of the 20 days."""
+    exp = panel.extras["expected_label_return"].astype(np.float64)
+    c = panel.fields["close"].astype(np.float64)
+    ok = panel.membership & np.isfinite(exp)
+    ok[:, :25] = False
+    resi5 = sum(w * _lagged(np.nan_to_num(c), 4 - k) for k, w in enumerate(RESI5_WEIGHTS)) / np.where(
+        np.isfinite(c), c, 1.0)
+    klen, klow = _candles(panel)
+    spike = (klow > 0.03).astype(np.float64)
+    cols = [np.clip(resi5, -REVERSAL_CAP, REVERSAL_CAP)[ok], np.minimum(klow, 0.017)[ok]]
+    cols += [_lagged(spike, k)[ok] for k in range(20)]
+    assert _r2(cols, exp[ok]) > 0.9
+
+
+@pytest.mark.parametrize("name", list(EVENT_BANDS))
+def test_event_components_need_a_long_window(panel, name: str) -> None:
+    """An event component is invisible in the candles of the days inside its band's start (a window of
+    ``lo`` days sees nothing of it) and read off the candles ``lo``–``hi`` days back. The long-lag ``event``
+    component needs a window of at least 16 days: a tuner choosing step_len 5 vs 20 has a right answer."""
+    lo, hi = EVENT_BANDS[name]
+    if name == "event":
+        assert lo >= 15
+    assert lo >= 5  # neither is visible to a 5-day window
+    comp = panel.extras["expected_label_components"][name].astype(np.float64)
+    ok = panel.membership & np.isfinite(comp)
+    ok[:, :25] = False
+    klen, klow = _candles(panel)
+    spike = ((klow > 0.03) & (klen > 0.08)).astype(np.float64)  # an observable stand-in for the event bar
+    short = [_lagged(x, k)[ok] for x in (klen, klow, spike) for k in range(lo)]
+    assert _r2(short, comp[ok]) < 0.01
+    assert _r2([_lagged(spike, k)[ok] for k in range(lo, hi + 1)], comp[ok]) > 0.8
+
+
+def test_realistic_returns(panel) -> None:
+    """Fat tails, volatility clustering and a market factor."""
+    ch = panel.fields["change"].astype(np.float64)
+    trading = np.isfinite(ch) & (panel.fields["volume"] > 0)
+    trading[:, 0] = False
+    r = np.where(trading, ch, np.nan)
+    z = (r - np.nanmean(r, axis=1, keepdims=True)) / np.nanstd(r, axis=1, keepdims=True)
+    assert np.nanmean(z**4) - 3 > 1.0  # excess kurtosis
+    a = np.abs(np.nan_to_num(z))
+    both = trading[:, 1:] & trading[:, :-1]
+    assert np.corrcoef(a[:, 1:][both], a[:, :-1][both])[0, 1] > 0.05  # |r| clusters
+    # The index explains a good part of every stock's move: mean correlation with the benchmark.
+    bench = panel.benchmark["change"].astype(np.float64)
+    corr = [np.corrcoef(r[i][trading[i] & np.isfinite(bench)], bench[trading[i] & np.isfinite(bench)])[0, 1]
+            for i in range(0, panel.shape[0], 10) if trading[i].sum() > 100]
+    assert np.mean(corr) > 0.3
 
 
 def test_expected_return_uses_only_past_bars(panel) -> None:
@@ -113,32 +192,10 @@ def test_expected_return_uses_only_past_bars(panel) -> None:
     i = np.flatnonzero(np.isfinite(c[:, 0]))[0]
     t = 100
     resi5 = c[i, t - 4: t + 1] @ np.array([0.2, 0.0, -0.2, -0.4, 0.4]) / c[i, t]
-    assert exp[i, t] == pytest.approx(-0.156 * np.clip(resi5, -0.024, 0.024), rel=1e-4, abs=1e-7)
+    assert exp[i, t] == pytest.approx(-REVERSAL_COEF * np.clip(resi5, -REVERSAL_CAP, REVERSAL_CAP), rel=1e-4,
+                                      abs=1e-7)
     assert np.all(np.isnan(panel.extras["expected_label_return"][~np.isfinite(c)]))
     assert np.all(np.isnan(panel.extras["expected_label_return"][:, -2:]))
-
-
-def test_event_component_needs_a_long_window(panel) -> None:
-    """The event component is invisible in the last 5 days' candles but read off the candles 15–19 days back."""
-    f, member = panel.fields, panel.membership
-    comp = panel.extras["expected_label_components"]["event"].astype(np.float64)
-    klen = ((f["high"] - f["low"]) / f["open"]).astype(np.float64)
-    spike = np.nan_to_num(klen) > 0.08  # an observable stand-in for the event bar
-    n, d = klen.shape
-    ok = member & np.isfinite(comp)
-    ok[:, :25] = False
-
-    def lagged(x: np.ndarray, k: int) -> np.ndarray:
-        out = np.zeros_like(x)
-        out[:, k:] = x[:, : d - k]
-        return out
-
-    recent = [abs(np.corrcoef(lagged(klen, k)[ok], comp[ok])[0, 1]) for k in range(5)]
-    assert max(recent) < 0.05
-    old = np.zeros_like(spike)
-    for k in range(15, 20):
-        old |= lagged(spike, k)
-    assert np.corrcoef(old[ok], comp[ok])[0, 1] > 0.8
 
 
 def test_daily_ic_matches_pandas() -> None:
@@ -158,3 +215,22 @@ def test_label_is_qlib_default(panel) -> None:
     lab = qlib_label(panel)
     assert lab[5, 10] == pytest.approx(c[5, 12] / c[5, 11] - 1, nan_ok=True)
     assert np.all(np.isnan(lab[:, -2:]))
+
+
+def test_default_config_is_the_synthetic_preset() -> None:
+    """``load_config(None)`` (``distgru train`` without CONFIG) is the preset: the synthetic market with qlib's GRU
+    on Alpha158-20, the column list of configs/gru_alpha158.yaml."""
+    from pathlib import Path
+
+    from distgru.config import load_config
+    from distgru.config.presets import ALPHA158_20
+
+    cfg = load_config(None)
+    assert cfg == synthetic_default()
+    qlib = load_config(Path(__file__).resolve().parents[1] / "configs" / "gru_alpha158.yaml")
+    assert cfg.data.source == "synthetic" and cfg.features.columns == qlib.features.columns == ALPHA158_20
+    assert cfg.model == qlib.model and cfg.processors.infer == qlib.processors.infer
+    assert cfg.processors.learn == qlib.processors.learn and cfg.dataset.step_len == qlib.dataset.step_len == 20
+    same = ("batch_size", "early_stop", "metric", "loss", "optimizer", "clip", "clip_value")
+    assert all(getattr(cfg.train, k) == getattr(qlib.train, k) for k in same)
+    assert cfg.train.lr == 1e-3 and cfg.train.n_epochs == 4

@@ -28,8 +28,11 @@ def _args(*argv: str) -> argparse.Namespace:
 def test_flags_override_config_and_set() -> None:
     args = _args("cfg.yaml", "--set", "resources.num_workers=3", "--set", "train.lr=0.01", "--num-workers", "2",
                  "--gpu", "--output", "/tmp/out", "--address", "ray://head:10001")
-    assert overrides(args) == ["resources.num_workers=3", "train.lr=0.01", "resources.num_workers=2",
-                               "resources.use_gpu=true", "output_dir=/tmp/out", "resources.address=ray://head:10001"]
+    assert overrides(args) == ["resources.num_workers=3", "train.lr=0.01", "output_dir=/tmp/out",
+                               "resources.address=ray://head:10001", "resources.num_workers=2",
+                               "resources.use_gpu=true"]
+    several = _args("--set", "train.lr=0.01", "dataset.step_len=5", "--set", "train.seed=3")
+    assert overrides(several)[-3:] == ["train.lr=0.01", "dataset.step_len=5", "train.seed=3"]
     default = load_config(None, overrides(_args("--set", "train.n_epochs=7")))
     assert default.features.columns == list(QLIB_GRU_COLUMNS) and len(QLIB_GRU_COLUMNS) == default.model.d_feat
     assert default.train.n_epochs == 7 and default.train.lr == 1e-3

@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = DataConfig(source="synthetic", **common)
     bars = load_bars(data)  # the whole history: look-back before --start, label days after --end
-    table = features_for(bars, args.features, args.columns, args.label, args.cache_dir, progress=True)
+    # --start is qlib's query start: each expression's series begins at --start minus its look-back, as in
+    # D.features, so values match qlib's to the bit (and the cache key includes it).
+    table = features_for(bars, args.features, args.columns, args.label, args.cache_dir, progress=True,
+                         start=data.start)
     frame = table.to_frame(data.start, data.end, masked=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out)

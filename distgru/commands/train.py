@@ -8,6 +8,9 @@
 Without an address a local Ray starts (and stops at the end). The run directory
 ``<output_dir>/<name>-<timestamp>/`` gets config.yaml, metrics.jsonl, the Ray Train checkpoints, best/ (what
 ``distgru predict`` loads), predictions.parquet (test segment) and result.json; its path is printed first and last.
+The test segment is then evaluated as ``distgru evaluate`` does (backtest, report.html, pred.pkl/label.pkl, and
+result.json's ``evaluation`` block). ``--seeds 0,1,2`` / ``--repeat N`` train one run per seed as parallel Ray Tune
+trials and print mean ± std of every metric (distgru/evaluation/multiseed.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from distgru.commands.common import add_config_arguments, config_overrides
 from distgru.config import Config, load_config
 from distgru.evaluation.metrics import signal_metrics
 from distgru.features.table import ProcessedPanel
@@ -55,28 +59,22 @@ that it finishes in about two minutes on two cores, Ray start included. Valid IC
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML config (default: the synthetic market, qlib GRU settings)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.lr=1e-3 (repeatable)")
+    add_config_arguments(parser, "YAML config (default: the synthetic market, qlib GRU settings)")
     parser.add_argument("--num-workers", type=int, help="DDP workers (resources.num_workers)")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker (resources.use_gpu)")
-    parser.add_argument("--output", metavar="DIR", help="parent of the run directory (output_dir)")
-    parser.add_argument("--address", help="Ray cluster address (resources.address); default: RAY_ADDRESS, "
-                        "else a local Ray")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", metavar="LIST", help="train one run per seed (e.g. 0,1,2) as parallel Ray Tune "
+                       "trials and report mean ± std of every test metric")
+    seeds.add_argument("--repeat", type=int, metavar="N", help="as --seeds with train.seed .. train.seed+N-1")
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
     """``DEFAULT_RUN`` (without a config file), ``--set``, then the shortcut flags: later ones win."""
-    out = [] if args.config else list(DEFAULT_RUN)
-    out += args.set
+    out = ([] if args.config else list(DEFAULT_RUN)) + config_overrides(args)
     if args.num_workers is not None:
         out.append(f"resources.num_workers={args.num_workers}")
     if args.gpu:
         out.append("resources.use_gpu=true")
-    if args.output:
-        out.append(f"output_dir={args.output}")
-    if args.address:
-        out.append(f"resources.address={args.address}")
     return out
 
 
@@ -85,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
 
     t0, started = time.perf_counter(), datetime.now()
     cfg = load_config(args.config, overrides(args))
+    if getattr(args, "seeds", None) is not None or getattr(args, "repeat", None) is not None:
+        from distgru.evaluation.multiseed import parse_seeds, run_seeds
+
+        seeds = parse_seeds(args.seeds, args.repeat, cfg.train.seed)
+        return run_seeds(cfg, seeds, verbose=getattr(args, "verbose", False))
     panel, state = prepare_panel(cfg)
     check_data(cfg, panel)  # fail on the data before Ray starts
     with ray_session(cfg.resources, verbose=getattr(args, "verbose", False)):
@@ -94,7 +97,23 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_training(cfg, panel, state, run_dir)
     result = finish_run(cfg, panel, outcome, run_dir, started=started, t0=t0)
     print(metric_table(result))
+    rc = _evaluate(cfg, run_dir)
     print(f"run directory: {run_dir}")
+    return rc
+
+
+def _evaluate(cfg: Config, run_dir: Path) -> int:
+    """``distgru evaluate`` on the new run (test segment); a failure leaves the trained run intact."""
+    from distgru.evaluation.evaluate import BACKTEST_KEYS, evaluate_run
+    from distgru.evaluation.evaluate import metric_table as evaluation_table
+
+    try:
+        ev = evaluate_run(run_dir, cfg=cfg)
+    except Exception as e:  # the run is trained and saved: say how to retry rather than lose it
+        print(f"evaluation failed ({type(e).__name__}: {e}); retry with: distgru evaluate {run_dir}")
+        return 1
+    print(evaluation_table({"test": ev.metrics}, BACKTEST_KEYS)
+          + f"\nbacktest {ev.window[0]} .. {ev.window[1]} (excess return with cost); report: {ev.files['report_html']}")
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from distgru.commands.common import add_config_arguments, config_overrides
 from distgru.config import ConfigError
 from distgru.config.loader import read_yaml
 from distgru.evaluation.report import format_table
@@ -28,25 +29,16 @@ from distgru.training.rundir import CONFIG_FILE, create_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="training config with a tune: section (not with --resume)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set tune.num_samples=4 (repeatable)")
+    add_config_arguments(parser, "training config with a tune: section (not with --resume)")
     parser.add_argument("--num-samples", type=int, help="trials to sample (tune.num_samples)")
-    parser.add_argument("--output", metavar="DIR", help="parent of the experiment directory (output_dir)")
-    parser.add_argument("--address", help="Ray cluster address (resources.address); default: RAY_ADDRESS, "
-                        "else a local Ray")
     parser.add_argument("--resume", metavar="DIR", help="continue the experiment in DIR: finished trials are "
                         "kept, unfinished ones resume from their last checkpoint, errored ones restart")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.set)
+    out = config_overrides(args)
     if args.num_samples is not None:
         out.append(f"tune.num_samples={args.num_samples}")
-    if args.output:
-        out.append(f"output_dir={args.output}")
-    if args.address:
-        out.append(f"resources.address={args.address}")
     return out
 
 

@@ -37,5 +37,11 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the synthetic-market defaults when ``path`` is None) and apply overrides."""
-    return config_from_dict(read_yaml(path) if path is not None else {}, overrides)
+    """Load a YAML config (or the built-in ``presets.synthetic_default()`` when ``path`` is None) and apply overrides.
+
+    A YAML file starts from the schema defaults (qlib's GRU settings), not from the preset."""
+    if path is None:
+        from distgru.config.presets import synthetic_default
+
+        return config_from_dict(to_dict(synthetic_default()), overrides)
+    return config_from_dict(read_yaml(path), overrides)

@@ -17,17 +17,33 @@ Bars (adjusted prices, qlib convention: price = raw × factor, volume = shares /
 - Benchmark ``SYN_INDEX``: cap-weighted (static random caps) return of the members, close and change.
 
 Planted expected return of the label ``Ref($close,-2)/Ref($close,-1)-1`` of day T (the return from close T+1 to
-close T+2), a function of bars up to T only; ``extras["expected_label_return"]`` holds its sum, aligned with the label:
+close T+2), a function of bars up to T only; ``extras["expected_label_return"]`` holds its sum, aligned with the label,
+and ``extras["expected_label_components"]`` each part:
 
-- ``reversal``: −0.156 · clip(RESI5_T, ±0.024). Short-term reversal of the 5-day residual (Alpha158 RESI5).
-- ``candle``: 0.38 · (min(KLOW_T, 0.017) − 0.0085). A long lower shadow (Alpha158 KLOW) predicts a rebound.
-- ``event``: 0.005 · 1[an event bar in T−19 … T−15] − const. Event bars (1.2% of trading bars) are range
-  expansions with both shadows 4–7% long, visible only in that day's KLEN/KLOW (volume is unaffected, so no
-  rolling feature carries it): a model needs a window of ≥ 16 days (step_len 20) to see them, step_len 5 cannot.
+- ``reversal``: −0.10 · clip(RESI5_T, ±0.024). Short-term reversal of the 5-day residual (Alpha158 RESI5).
+- ``candle``: 0.24 · (min(KLOW_T, 0.017) − 0.0085). A long lower shadow (Alpha158 KLOW) predicts a rebound.
+- ``event_mid``: 0.004 · 1[an event bar in T−14 … T−5] − const.
+- ``event``: 0.004 · 1[an event bar in T−19 … T−15] − const: the long-lag component, invisible to any window
+  shorter than 16 days (step_len 5 or 15 sees none of it, step_len 20 all of it).
 
-The caps sit near where RobustZScoreNorm clips at 3, so each component is linear in a processed feature. Oracle IC
-(daily Pearson of the expected label return with the realised label) is ≈0.11 on the default test segment; the
-three components contribute about equally (≈0.06 IC each alone).
+Event bars (2.5% of trading bars) are range expansions with both shadows 4–7% long, visible only in that day's
+KLEN/KLOW (volume is unaffected, so no rolling feature carries them). Neither event component is visible to a 5-day
+window. ``event_mid`` exists for learnability: at qlib's init and lr 1e-3 a GRU does not discover a 15-day memory from
+the 15–19-day band alone (test IC never moved past the two short components in 14 epochs, even with the drift tripled;
+a toy GRU with a clean 0.4σ effect at ages 15–19 still had zero correlation after 500 steps), while an effect that
+starts 5 days back is picked up after ~200–300 steps and the memory then stretches over the whole 5–19-day band.
+
+The caps sit near where RobustZScoreNorm clips at 3, so each component is linear in a processed Alpha158-20
+feature (or, for the events, in spike indicators of KLEN/KLOW over the last 20 days: an OLS of the total on them has
+R² > 0.9). Measured on the default test segment (DatasetConfig().test), seed 0:
+
+    market (instruments × days)   oracle IC   reversal   candle   event_mid   event
+    200 × 600 (schema default)      0.131       0.034     0.037     0.098     0.067
+    400 × 600 (the preset)          0.133       0.039     0.044     0.094     0.072
+
+(seed 1: 0.140 and 0.124). The qlib GRU of ``presets.synthetic_default()`` (400 instruments) reaches 0.82–0.84 × the
+oracle IC in 4 epochs and 0.84–0.85 × in 5 with step_len 20, and 0.42 × with step_len 5 (which learns only
+``reversal`` and ``candle``).
 """
 
 from __future__ import annotations
@@ -41,8 +57,8 @@ from distgru.data.synthetic_dynamics import (
     CANDLE_CAP,
     CANDLE_CENTER,
     CANDLE_COEF,
+    EVENT_BANDS,
     EVENT_DRIFT,
-    EVENT_LAGS,
     EVENT_RATE,
     REVERSAL_CAP,
     REVERSAL_COEF,
@@ -57,8 +73,8 @@ COMPONENTS = {
     "reversal": (f"-{REVERSAL_COEF} * clip(RESI5_T, ±{REVERSAL_CAP}): short-term reversal of the 5-day residual"),
     "candle": (f"{CANDLE_COEF} * (min(KLOW_T, {CANDLE_CAP}) - {CANDLE_CENTER}): a long lower shadow predicts a "
                "rebound"),
-    "event": (f"{EVENT_DRIFT} * [range-expansion bar (KLEN and KLOW spike) {EVENT_LAGS[0]}-{EVENT_LAGS[1]} days "
-              "before T] - const: needs a window of >= 16 days"),
+    **{name: (f"{EVENT_DRIFT} * [range-expansion bar (KLEN and KLOW spike) {lo}-{hi} days before T] - const: "
+              f"needs a window of >= {lo + 1} days") for name, (lo, hi) in EVENT_BANDS.items()},
 }
 
 

@@ -122,8 +122,9 @@ def _keep_freed_memory() -> None:
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 31)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: 32 MiB, glibc's maximum on 64-bit
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 1 << 26)  # M_TOP_PAD
     except (OSError, AttributeError):
         pass
 
@@ -177,8 +178,16 @@ def _evaluate_block(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], 
 
 
 def _write_columns(values: np.ndarray, first: int, cols: list[int], stage: np.ndarray) -> None:
-    """values[:, first:, cols] = stage.transpose(1, 2, 0), as slices where the columns are consecutive."""
-    if cols == list(range(cols[0], cols[-1] + 1)):
-        values[:, first:, cols[0]:cols[-1] + 1] = stage.transpose(1, 2, 0)
-    else:
-        values[:, first:, cols] = stage.transpose(1, 2, 0)
+    """values[:, first:, cols] = stage.transpose(1, 2, 0), a few instruments at a time.
+
+    A whole-array transposed copy strides through 16 planes of 10+ MB per output row and misses cache on every
+    element; blocks of instruments keep the source rows (16 × rows × D) in cache.
+    """
+    contiguous = cols == list(range(cols[0], cols[-1] + 1))
+    step = max(1, (1 << 19) // max(1, stage.shape[0] * stage.shape[2]))
+    for lo in range(0, stage.shape[1], step):
+        part = stage[:, lo:lo + step].transpose(1, 2, 0)
+        if contiguous:
+            values[lo:lo + step, first:, cols[0]:cols[-1] + 1] = part
+        else:
+            values[lo:lo + step, first:, cols] = part

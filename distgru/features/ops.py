@@ -26,6 +26,11 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+try:  # compiled loops for the order statistics; the numpy versions below remain the fallback
+    from distgru.features import kernels as _kernels
+except ImportError:  # pragma: no cover - numba not installed
+    _kernels = None
+
 # qlib masks Corr and Rsquare where the rolling std is "close to zero" with np.isclose(std, 0, atol=2e-5).
 STD_ATOL = 2e-5
 # Elements of the [rows, D, w] window buffer of the order-statistic operators (16 MB of float32).
@@ -109,6 +114,33 @@ def _unframe(frame: pd.DataFrame) -> np.ndarray:
     return frame.to_numpy(dtype=np.float64).T
 
 
+def _pandas_kernel(name: str):
+    try:
+        from pandas._libs.window import aggregations
+    except ImportError:  # pragma: no cover - a pandas without the private module: the public API below
+        return None
+    return getattr(aggregations, name, None)
+
+
+_ROLL_KERNELS = {name: _pandas_kernel(name) for name in ("roll_sum", "roll_mean", "roll_var")}
+
+
+def _bounds(d: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """pandas' fixed-window bounds for ``rolling(w, min_periods=1)``: [max(0, t - w + 1), t + 1)."""
+    end = np.arange(1, d + 1, dtype=np.int64)
+    return np.maximum(end - w, 0), end
+
+
+def _roll_rows(kernel, x: np.ndarray, w: int, *extra: int) -> np.ndarray:
+    """pandas' Cython window kernel on each instrument's row: the code ``Series.rolling`` runs, without the
+    frame machinery around it (several times the kernel's own cost)."""
+    start, end = _bounds(x.shape[1], w)
+    out = np.empty(x.shape)
+    for i in range(x.shape[0]):
+        out[i] = kernel(x[i], start, end, 1, *extra)
+    return out
+
+
 def _sum_count(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Window sums of the finite values and their counts, from float64 cumulative sums.
 
@@ -118,21 +150,27 @@ def _sum_count(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     valid = np.isfinite(x)
     c = np.cumsum(np.where(valid, x, 0.0), axis=1, dtype=np.float64)
-    k = np.cumsum(valid, axis=1, dtype=np.int32)
     s = c.copy()
     s[:, w:] -= c[:, :-w]
-    n = k.astype(np.float64)
+    k = np.cumsum(valid, axis=1, dtype=np.float64, out=c)
+    n = k.copy()
     n[:, w:] -= k[:, :-w]
     return s, n
 
 
 def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
+    """pandas' rolling sum (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
+    if _ROLL_KERNELS["roll_sum"] is not None:
+        return _roll_rows(_ROLL_KERNELS["roll_sum"], _float(x), w)
     s, n = _sum_count(x, w)
     s[n == 0] = np.nan
     return s
 
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """pandas' rolling mean (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
+    if _ROLL_KERNELS["roll_mean"] is not None:
+        return _roll_rows(_ROLL_KERNELS["roll_mean"], _float(x), w)
     s, n = _sum_count(x, w)
     with np.errstate(invalid="ignore", divide="ignore"):
         s /= n
@@ -147,7 +185,14 @@ def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
     the same drift, amplified by ``/($volume+1e-12)`` in VSTD and WVMA, so it is kept bit for bit: callers start
     the series where qlib's query would (see :func:`distgru.features.expr.extended_window`).
     """
-    return _unframe(_rolling(_finite(x), w).std())
+    if _ROLL_KERNELS["roll_var"] is None:
+        return _unframe(_rolling(_finite(x), w).std())
+    var = _roll_rows(_ROLL_KERNELS["roll_var"], _float(x), w, 1)
+    # pandas' zsqrt: negative rounding residue reads as 0.
+    negative = var < 0
+    std = np.sqrt(var, out=var, where=~negative)
+    std[negative] = 0.0
+    return std
 
 
 # ---------------------------------------------------------------- blocked extrema
@@ -199,19 +244,43 @@ def _near_zero(std: np.ndarray) -> np.ndarray:
         return np.abs(std) <= STD_ATOL
 
 
+def _roll_corr_kernel():
+    try:
+        from pandas._libs.window.aggregations import roll_corr
+    except ImportError:  # pandas < 3 computes corr from rolling means and variances: use its public API
+        return None
+    return roll_corr
+
+
+_ROLL_CORR = _roll_corr_kernel()
+
+
 def rolling_corr(a: np.ndarray, b: np.ndarray, w: int, std_a: np.ndarray | None = None,
                  std_b: np.ndarray | None = None) -> np.ndarray:
     """pandas' rolling Pearson correlation (pairwise-valid elements); NaN where either input's rolling std ≈ 0.
 
-    ``std_a``/``std_b``: the inputs' ``rolling_std`` when the caller has them already.
+    ``std_a``/``std_b``: the inputs' ``rolling_std`` when the caller has them already. The inputs are paired as
+    pandas pairs two frames (``a + 0*b``, ``b + 0*a``) and each instrument goes straight to pandas' own
+    ``roll_corr`` kernel, skipping the per-column Series machinery of ``DataFrame.rolling().corr()`` (ten times
+    the kernel's cost); the numbers are the same.
     """
     a, b = _float(a), _float(b)
-    fa, fb = pd.DataFrame(a.T, copy=False), pd.DataFrame(b.T, copy=False)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = _unframe(fa.rolling(w, min_periods=1).corr(fb))
+        if _ROLL_CORR is None:
+            fa, fb = pd.DataFrame(a.T, copy=False), pd.DataFrame(b.T, copy=False)
+            corr = _unframe(fa.rolling(w, min_periods=1).corr(fb))
+        else:
+            x, y = a + 0 * b, b + 0 * a
+            d = a.shape[1]
+            end = np.arange(1, d + 1, dtype=np.int64)
+            start = np.maximum(end - w, 0)
+            corr = np.empty(a.shape)
+            for i in range(a.shape[0]):
+                corr[i] = _ROLL_CORR(x[i], y[i], start, end, 1)
     std_a = rolling_std(a, w) if std_a is None else std_a
     std_b = rolling_std(b, w) if std_b is None else std_b
-    return np.where(_near_zero(std_a) | _near_zero(std_b), np.nan, corr)
+    corr[_near_zero(std_a) | _near_zero(std_b)] = np.nan
+    return corr
 
 
 def _window_sums(y: np.ndarray, w: int) -> np.ndarray:
@@ -246,6 +315,12 @@ def rolling_regression(x: np.ndarray, w: int, which: Sequence[str], std: np.ndar
     suspension's flat price, where the result is rounding noise such as R² = 0) agree with qlib, provided the
     series starts where qlib's does.
     """
+    rows = max(1, _CHUNK_ELEMENTS // (4 * max(1, x.shape[1])))
+    if x.shape[0] > rows:
+        # A block of instruments at a time: the ~20 temporaries stay in cache and under glibc's mmap threshold.
+        parts = [rolling_regression(x[lo:lo + rows], w, which, None if std is None else std[lo:lo + rows])
+                 for lo in range(0, x.shape[0], rows)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     x = np.asarray(x, dtype=np.float64)  # qlib feeds inf through; NaN is skipped
     valid = ~np.isnan(x)
     v = np.where(valid, x, 0.0)
@@ -306,6 +381,10 @@ def rolling_quantiles(x: np.ndarray, w: int, qs: Sequence[float]) -> list[np.nda
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"Quantile: level must be in [0, 1], got {q}")
+    if _kernels is not None:
+        out = np.empty((len(qs), *np.shape(x)))
+        _kernels.roll_quantiles(_float(x), w, np.asarray(qs, dtype=np.float64), out)
+        return list(out)
     x = _finite(x)
     n = rolling_count(x, w)
     outs = [np.full(x.shape, np.nan) for _ in qs]
@@ -325,6 +404,10 @@ def rolling_quantiles(x: np.ndarray, w: int, qs: Sequence[float]) -> list[np.nda
 
 def rolling_rank(x: np.ndarray, w: int) -> np.ndarray:
     """Percentile rank of each day's value within its window (average ties), as pandas rank(pct=True)."""
+    if _kernels is not None:
+        out = np.empty(np.shape(x))
+        _kernels.roll_rank(_float(x), w, out)
+        return out
     x = _finite(x)
     n = rolling_count(x, w)
     out = np.empty(x.shape)
@@ -347,6 +430,10 @@ def rolling_argext(x: np.ndarray, w: int, start: np.ndarray, largest: bool) -> n
     before ``start`` (each instrument's first bar) are outside qlib's series, so they shorten the window instead
     of counting as NaN.
     """
+    if _kernels is not None:
+        out = np.empty(np.shape(x))
+        _kernels.roll_argext(_float(x), w, np.asarray(start, dtype=np.int64), largest, out)
+        return out
     x = _finite(x)
     absent = -np.inf if largest else np.inf
     d = x.shape[1]

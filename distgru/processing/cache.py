@@ -9,10 +9,10 @@ Layout under ``cache_dir``::
     panels/<key>.arrow     processed features, raw and learn labels, same layout
     panels/<key>.json      calendar, instruments, names, the fitted ProcessorState
 
-A feature key hashes the data fingerprint, the feature set and columns, the label and the feature code version;
-a panel key hashes a feature key with everything processing reads (specs, fit window, day range). The manifest
-is written after the data file, both by rename, so a reader never sees half an entry: a manifest present means
-its data is complete.
+A feature key hashes the data fingerprint, the feature set and columns, the label, the query start and the feature
+code version; a panel key hashes a feature key with everything processing reads (specs, fit window, day
+range). The manifest is written after the data file, both by rename, so a reader never sees half an entry: a
+manifest present means its data is complete.
 """
 
 from __future__ import annotations

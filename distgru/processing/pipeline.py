@@ -57,29 +57,42 @@ def check_features(feature_set: str, columns: list[str] | None, label: str) -> N
         raise ConfigError(f"features: {e}") from None
 
 
-def feature_inputs(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str) -> dict[str, object]:
-    """Everything raw features depend on: the cache key's parts."""
+def feature_inputs(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str,
+                   start: str | None = None) -> dict[str, object]:
+    """Everything raw features depend on: the cache key's parts (``start``: the query start, see
+    :func:`features_for`)."""
     return {"data": bars.fingerprint(), "set": feature_set, "columns": columns, "label": label,
-            "code": feature_code_version()}
+            "start": start, "code": feature_code_version()}
 
 
 def features_for(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str,
                  cache_dir: str | Path | None, progress: bool = False,
-                 inputs: dict[str, object] | None = None) -> FeatureTable:
+                 inputs: dict[str, object] | None = None, start: str | None = None) -> FeatureTable:
     """Raw features of ``bars``, read from ``cache_dir`` when an identical computation is stored there
-    (``cache_dir`` None: always compute, store nothing)."""
-    compute = distgru.features.compute_features
+    (``cache_dir`` None: always compute, store nothing).
+
+    ``start``: the first day wanted, as qlib's ``D.features(..., start_time)``: each expression is evaluated from
+    that day minus its look-back (qlib's query start rule) and days before ``start`` are NaN; None evaluates
+    every instrument's full history. It is part of the cache key.
+    """
+    # start goes to the engine only when asked for: None is its default (full history).
+    kwargs = {} if start is None else {"start": start}
+
+    def compute() -> FeatureTable:
+        return distgru.features.compute_features(bars, feature_set, columns=columns, label=label,
+                                                 progress=progress, **kwargs)
+
     if cache_dir is None:
         with _step(f"computing {feature_set} features", progress):
-            return compute(bars, feature_set, columns=columns, label=label, progress=progress)
+            return compute()
     root = Path(cache_dir).expanduser()
-    inputs = inputs or feature_inputs(bars, feature_set, columns, label)
+    inputs = inputs or feature_inputs(bars, feature_set, columns, label, start)
     key = cache.make_key(inputs)
     with _step("reading cached features", progress):
         table = cache.load_features(root, key)
     if table is None:
         with _step(f"computing {feature_set} features", progress):
-            table = compute(bars, feature_set, columns=columns, label=label, progress=progress)
+            table = compute()
         cache.save_features(root, key, table, inputs)
     return table
 
@@ -112,6 +125,7 @@ def prepare_panel(cfg: Config, progress: bool = True) -> tuple[ProcessedPanel, P
     fit_lo, fit_hi = fit_window(calendar, cfg.processors, bounds["train"])
     fit_start, fit_end = f"{calendar[fit_lo]:%Y-%m-%d}", f"{calendar[fit_hi - 1]:%Y-%m-%d}"
 
+    # Training keeps each instrument's full history (start=None): data.start only cuts the panel afterwards.
     f_inputs = feature_inputs(bars, feats.set, feats.columns, feats.label_expression)
     p_inputs = {"features": cache.make_key(f_inputs), "processing": PROCESSING_VERSION,
                 "days": [calendar[0].isoformat(), calendar[-1].isoformat()], "fit": [fit_start, fit_end],

@@ -160,9 +160,12 @@ def ray_session(res: ResourcesConfig, verbose: bool = False) -> Iterator[None]:
 
 
 def run_training(cfg: Config, panel: ProcessedPanel, state: ProcessorState, run_dir: str | Path, *,
-                 progress: bool = True) -> TrainOutcome:
+                 progress: bool = True, callbacks: list[Any] | None = None, panel_ref: Any = None) -> TrainOutcome:
     """Train ``cfg`` on ``panel`` with Ray Train and write ``run_dir/best/``. Ray must be initialised (see
-    ``ray_session``); every check that can fail early runs before a worker starts."""
+    ``ray_session``); every check that can fail early runs before a worker starts.
+
+    ``callbacks`` are Ray Train ``UserCallback``s (Tune forwards reports with one); ``panel_ref`` is ``panel``
+    already in the object store (Tune shares one copy across trials)."""
     import pyarrow as pa
     import ray
     import ray.data
@@ -176,11 +179,11 @@ def run_training(cfg: Config, panel: ProcessedPanel, state: ProcessorState, run_
 
     t_inst, t_day = samples["train"]
     weight = sample_weights(cfg.train.reweighter, panel, t_inst, t_day).astype(np.float32)
-    # A seeded shuffle, then `world` equal blocks: the splitter hands block r to rank r whole (no re-splitting
-    # task, so no CPU needed), the same way on every attempt, so a resumed run sees the same shards.
-    order = np.random.default_rng(cfg.train.seed).permutation(len(t_inst))
-    per_rank = len(order) // world
-    blocks = [order[r * per_rank:(r + 1) * per_rank] for r in range(world)]
+    # `world` equal blocks, rank r's the strided share make_shard gives it (so a 1-worker run trains on exactly
+    # what an in-process Tune trial does): the splitter hands block r to rank r whole (no re-splitting task, so
+    # no CPU needed), the same way on every attempt, so a resumed run sees the same shards.
+    per_rank = len(t_inst) // world
+    blocks = [np.arange(r, len(t_inst), world)[:per_rank] for r in range(world)]
     train_ds = ray.data.from_arrow([pa.table({"inst": t_inst[b], "day": t_day[b], "weight": weight[b]})
                                     for b in blocks])
     # Train captures the driver's DataContext; the splitter's bars would interleave with the epoch lines.
@@ -190,14 +193,14 @@ def run_training(cfg: Config, panel: ProcessedPanel, state: ProcessorState, run_
     loop_config = {
         "cfg": to_dict(cfg), "run_dir": str(run_dir), "fail_at": os.environ.get(FAIL_ENV),
         # Boxed in lists: Ray resolves top-level ObjectRefs in some config paths, and workers want the ref.
-        "panel_box": [ray.put(panel)], "valid_box": [ray.put(samples["valid"])],
+        "panel_box": [panel_ref if panel_ref is not None else ray.put(panel)], "valid_box": [ray.put(samples["valid"])],
     }
     trainer = TorchTrainer(
         _train_worker, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent),
+            name=run_dir.name, storage_path=str(run_dir.parent), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             # num_to_keep=1 with a score keeps the best checkpoint, and Ray always keeps the latest too.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="valid_score",

@@ -6,6 +6,8 @@ Layout of ``<output_dir>/<name>-<timestamp>/``::
     metrics.jsonl            one JSON object per epoch, written by rank 0 as training goes
     best/                    best weights + processor state + config: what ``distgru predict`` loads
     predictions.parquet      test segment: datetime, instrument, score, label (raw), sorted by (datetime, instrument)
+    pred.pkl, label.pkl      the same in qlib's form (``distgru.evaluation.evaluate``, written by the evaluation)
+    report.html              evaluation report; backtest_report.parquet its daily backtest
     result.json              ``RunResult`` below
     checkpoint_*/            Ray Train's epoch checkpoints (the run dir is also the Ray Train run's storage)
 """
@@ -110,6 +112,11 @@ class RunResult:
     """Worker-group restarts Ray Train resumed from a checkpoint (one before the first checkpoint starts over and
     is not counted)."""
     provenance: Provenance
+    evaluation: dict[str, Any] | None = None
+    """Test-segment evaluation (``distgru evaluate``, run by ``distgru train`` at its end): ``metrics`` (signal
+    metrics and the TopK-Dropout backtest's annualized_return, information_ratio, max_drawdown of the excess
+    return with cost, ``*_without_cost``, turnover), ``window`` (first/last backtest day) and ``files``. None
+    before the evaluation ran."""
 
 
 def _clean(value: Any) -> Any:
@@ -189,6 +196,8 @@ def read_result(path: str | Path) -> RunResult:
     for key in ("valid", "test"):
         data[key] = {k: _nan(v) for k, v in data[key].items()}
     data["best_score"] = _nan(data["best_score"])
+    if data.get("evaluation"):
+        data["evaluation"]["metrics"] = {k: _nan(v) for k, v in data["evaluation"].get("metrics", {}).items()}
     return RunResult(**data)
 
 

@@ -1,6 +1,7 @@
 """What a finished search leaves in the experiment directory, beside Tune's own trial directories::
 
-    results.csv, results.parquet   one row per trial: id, parameters, best metric, epochs, status, who stopped it
+    results.csv, results.parquet   one row per trial: id, parameters, best metric, epochs, status, who stopped it,
+                                   and the test IC / Rank IC of its best weights (to see if valid ranking holds)
     best_config.yaml               the best trial's resolved training config (``distgru train best_config.yaml``)
     best/                          its best-epoch weights, processor state and config (``distgru predict`` layout)
     predictions.parquet            its TEST segment scores (rundir's predictions schema)
@@ -104,6 +105,31 @@ def write_table(records: list[TrialRecord], exp_dir: Path) -> pd.DataFrame:
     return table
 
 
+def _segment_frame(cfg: Config, panel: Any, weights: dict[str, torch.Tensor], segment: str) -> pd.DataFrame:
+    model = build_model(cfg.model, window_len(cfg))
+    model.load_state_dict(weights)
+    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    inst, day = segment_samples(panel)[segment]
+    score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device)
+    return prediction_frame(panel, inst, day, score)
+
+
+def _add_test_scores(cfg: Config, grid: Any, data: Data, records: list[TrialRecord]) -> None:
+    """Every trial's test IC with its best weights: whether the valid ranking carries over to unseen days."""
+    base = base_dict(cfg)
+    rows = {r.row["trial_id"]: r.row for r in records}
+    for result in grid:
+        row = rows[Path(result.path).name.removeprefix("trial_")]
+        row["test_ic"] = row["test_rank_ic"] = math.nan
+        try:
+            weights = trial_best_weights(result.path, result.checkpoint)
+        except FileNotFoundError:  # errored before its first epoch
+            continue
+        trial_cfg = trial_config(base, result.config)
+        metrics = signal_metrics(_segment_frame(trial_cfg, data[data_key(trial_cfg)][0], weights, "test"))
+        row["test_ic"], row["test_rank_ic"] = metrics["IC"], metrics["RankIC"]
+
+
 def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *, t0: float) -> dict[str, Any]:
     """Write the table, the best trial's config, weights and test predictions, the summary and the report."""
     from distgru.tuning.report import write_tune_report
@@ -111,6 +137,7 @@ def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *
     tc = tune_of(cfg)
     exp_dir = Path(exp_dir)
     records = trial_records(cfg, grid)
+    _add_test_scores(cfg, grid, data, records)
     table = write_table(records, exp_dir)
     if not table[f"best_{tc.metric}"].notna().any():
         errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
@@ -127,21 +154,14 @@ def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *
               {"step_len": window_len(best_cfg), "feature_names": list(panel.feature_names),
                "best_epoch": row["best_epoch"], "best_score": row[f"best_{tc.metric}"]})
 
-    model = build_model(best_cfg.model, window_len(best_cfg))
-    model.load_state_dict(weights)
-    device = torch.device("cuda" if best_cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    samples = segment_samples(panel)
-    frames = {}
-    for seg in ("valid", "test"):
-        inst, day = samples[seg]
-        score = predict(model, panel, inst, day, window_len(best_cfg), best_cfg.train.batch_size, device)
-        frames[seg] = prediction_frame(panel, inst, day, score)
+    frames = {seg: _segment_frame(best_cfg, panel, weights, seg) for seg in ("valid", "test")}
     write_predictions(exp_dir / PREDICTIONS_FILE, frames["test"])
     summary = {
         "experiment_dir": str(exp_dir), "metric": tc.metric, "mode": tc.resolved_mode,
         "best_trial": best_id, "best_params": {k: _cell(v) for k, v in best.config.items()},
         f"best_{tc.metric}": row[f"best_{tc.metric}"], "best_epoch": row["best_epoch"],
         "valid": signal_metrics(frames["valid"]), "test": signal_metrics(frames["test"]),
+        "median_trial_test_ic": float(table["test_ic"].median()),
         "trials": len(records), "errors": int((table["status"] == "ERROR").sum()),
         "stopped_by": {k: int(v) for k, v in table["stopped_by"].value_counts().items()},
         "wall_s": time.perf_counter() - t0,

@@ -136,7 +136,8 @@ def _trainable(cfg: Config, data: Data, exp_dir: Path) -> Any:
     import ray
     from ray import tune
 
-    refs = {key: ray.put(value) for key, value in data.items()}
+    # Panel and state apart, so a multi-worker trial hands its Train workers the panel's ref, not a copy.
+    refs = {key: (ray.put(panel), ray.put(state)) for key, (panel, state) in data.items()}
     if cfg.resources.num_workers == 1:
         fn = tune.with_parameters(in_process_trial, base=base_dict(cfg), data_box=[refs])
     else:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,8 @@ def trial_dirname(trial_id: str) -> str:
 def _data(cfg: Config, data_box: list[dict[str, Any]]) -> tuple[ProcessedPanel, ProcessorState]:
     import ray
 
-    return ray.get(data_box[0][data_key(cfg)])
+    panel, state = ray.get(list(data_box[0][data_key(cfg)]))
+    return panel, state
 
 
 def in_process_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]]) -> None:
@@ -90,31 +89,6 @@ class EpochReports(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-@contextmanager
-def _train_callbacks(callbacks: list[Any]) -> Iterator[None]:
-    """Stand-in until ``run_training`` takes ``callbacks=``: add Ray Train callbacks to every RunConfig built in
-    this trial process while the block runs (one trial per process: Tune's reuse_actors is off).
-
-    ``__init__`` is wrapped rather than the ``ray.train.RunConfig`` name replaced: the class says it lives in
-    ``ray.train``, so cloudpickle pickles it by that name and a replaced name would break the controller's
-    serialisation."""
-    import ray.train
-
-    cls = ray.train.RunConfig
-    original = cls.__init__
-
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        given = list(kwargs.get("callbacks") or [])
-        kwargs["callbacks"] = given + [c for c in callbacks if c not in given]  # replace() copies pass them on
-        original(self, *args, **kwargs)
-
-    cls.__init__ = init  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        cls.__init__ = original  # type: ignore[method-assign]
-
-
 def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]],
                        exp_dir: str) -> None:
     """A Tune function trainable that drives a Ray Train (DDP) run of ``resources.num_workers`` workers.
@@ -126,11 +100,11 @@ def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box
     from distgru.training.ray_train import run_training
 
     cfg = trial_config(base, params)
+    panel_ref = data_box[0][data_key(cfg)][0]
     panel, state = _data(cfg, data_box)
     run_dir = Path(exp_dir) / trial_dirname(tune.get_context().get_trial_id()) / TRAIN_SUBDIR
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _train_callbacks([EpochReports()]):
-        run_training(cfg, panel, state, run_dir, progress=False)
+    run_training(cfg, panel, state, run_dir, progress=False, callbacks=[EpochReports()], panel_ref=panel_ref)
 
 
 def trial_best_weights(trial_dir: str | Path, tune_checkpoint: Any) -> dict[str, torch.Tensor]:
