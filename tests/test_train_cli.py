@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from distgru.cli import main
-from distgru.commands.train import DEFAULT_RUN, QLIB_GRU_COLUMNS, metric_table, overrides
+from distgru.commands.train import metric_table, overrides
 from distgru.config import load_config
+from distgru.config.presets import ALPHA158_20
 from distgru.training.rundir import PREDICTIONS_FILE, read_metrics, read_result
 from tests.ray_fixtures import ray_runtime, sample_result  # noqa: F401
 
@@ -34,10 +35,9 @@ def test_flags_override_config_and_set() -> None:
     several = _args("--set", "train.lr=0.01", "dataset.step_len=5", "--set", "train.seed=3")
     assert overrides(several)[-3:] == ["train.lr=0.01", "dataset.step_len=5", "train.seed=3"]
     default = load_config(None, overrides(_args("--set", "train.n_epochs=7")))
-    assert default.features.columns == list(QLIB_GRU_COLUMNS) and len(QLIB_GRU_COLUMNS) == default.model.d_feat
+    assert default.features.columns == ALPHA158_20 and len(ALPHA158_20) == default.model.d_feat
     assert default.train.n_epochs == 7 and default.train.lr == 1e-3
     assert default.train.batch_size == 800 and default.train.early_stop == 10  # the rest stays qlib's YAML
-    assert len(DEFAULT_RUN) == 3
 
 
 def test_metric_table_lists_both_segments_and_the_oracle(tmp_path) -> None:
@@ -52,7 +52,7 @@ def test_metric_table_lists_both_segments_and_the_oracle(tmp_path) -> None:
 
 TINY_RUN = {
     "name": "cli", "data": {"synthetic": {"n_instruments": 30, "n_days": 200, "seed": 3}},
-    "features": {"columns": list(QLIB_GRU_COLUMNS)},
+    "features": {"columns": list(ALPHA158_20)},
     "dataset": {"train": ["2020-04-01", "2020-06-30"], "valid": ["2020-07-01", "2020-08-14"],
                 "test": ["2020-08-17", "2020-09-30"]},
     "model": {"hidden_size": 16, "num_layers": 1},

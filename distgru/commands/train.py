@@ -50,12 +50,6 @@ from distgru.training.rundir import (
 )
 
 TABLE_COLUMNS = ("IC", "ICIR", "RankIC", "RankICIR", "long_short", "hit_rate")
-QLIB_GRU_COLUMNS = ("RESI5", "WVMA5", "RSQR5", "KLEN", "RSQR10", "CORR5", "CORD5", "CORR10", "ROC60", "RESI10",
-                    "VSTD5", "RSQR60", "CORR60", "WVMA60", "STD5", "RSQR20", "CORD60", "CORD10", "CORR20", "KLOW")
-DEFAULT_RUN = (f"features.columns=[{', '.join(QLIB_GRU_COLUMNS)}]", "train.lr=1e-3", "train.n_epochs=4")
-"""The run without a config file: qlib's GRU on Alpha158's 20 FilterCol columns (configs/gru_alpha158.yaml) on
-the synthetic market, with the GRU class's own lr 1e-3 (the YAML's 2e-4 needs ~10× the epochs) and 4 epochs, so
-that it finishes in about two minutes on two cores, Ray start included. Valid IC is near its plateau by then."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    """``DEFAULT_RUN`` (without a config file), ``--set``, then the shortcut flags: later ones win."""
-    out = ([] if args.config else list(DEFAULT_RUN)) + config_overrides(args)
+    """``--set``, then the shortcut flags: later ones win (no CONFIG: the synthetic_default() preset)."""
+    out = config_overrides(args)
     if args.num_workers is not None:
         out.append(f"resources.num_workers={args.num_workers}")
     if args.gpu:
