@@ -67,6 +67,7 @@ from distgru.data.synthetic_dynamics import (
     simulate,
     student_t,
 )
+from distgru.evaluation.metrics import daily_ic as metrics_daily_ic
 
 BENCHMARK = "SYN_INDEX"
 COMPONENTS = {
@@ -153,18 +154,10 @@ def qlib_label(panel: BarPanel) -> np.ndarray:
 
 
 def daily_ic(score: np.ndarray, label: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-day Pearson correlation over instruments where ``mask`` holds and both are finite; [D], NaN on days
-    with fewer than 3 pairs or no variance (as pandas ``corr`` then gives)."""
-    ok = mask & np.isfinite(score) & np.isfinite(label)
-    cnt = ok.sum(axis=0)
-    s = np.where(ok, score, 0.0)
-    y = np.where(ok, label, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sm, ym = s.sum(0) / cnt, y.sum(0) / cnt
-        sd = np.where(ok, s - sm, 0.0)
-        yd = np.where(ok, y - ym, 0.0)
-        ic = (sd * yd).sum(0) / np.sqrt((sd * sd).sum(0) * (yd * yd).sum(0))
-    return np.where(cnt >= 3, ic, np.nan)
+    """Per-day Pearson IC [D] of dense [N, D] arrays over the cells where ``mask`` holds (the evaluation's
+    ``daily_ic``, so the oracle IC is computed exactly as a model's IC is)."""
+    day = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)
+    return metrics_daily_ic(np.where(mask, score, np.nan), label, day)
 
 
 def oracle_ic(panel: BarPanel, start: str | None = None, end: str | None = None,

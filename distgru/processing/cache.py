@@ -108,15 +108,19 @@ def _axes_manifest(calendar: pd.DatetimeIndex, instruments: tuple[str, ...]) -> 
     return {"calendar": calendar.asi8.tolist(), "calendar_unit": calendar.unit, "instruments": list(instruments)}
 
 
+def _lookup(cache_dir: Path, kind: str, key: str) -> tuple[pa.Table, dict[str, Any]] | None:
+    entry = _read_entry(cache_dir / kind / key)
+    log.info("%s cache %s %s", kind.rstrip("s"), "hit" if entry else "miss", key)
+    return entry
+
+
 def load_features(cache_dir: Path, key: str) -> FeatureTable | None:
     """The cached raw features for ``key``, or None (a miss)."""
-    entry = _read_entry(cache_dir / "features" / key)
+    entry = _lookup(cache_dir, "features", key)
     if entry is None:
-        log.info("feature cache miss %s", key)
         return None
     table, manifest = entry
     calendar, instruments, shape = _axes(manifest)
-    log.info("feature cache hit %s", key)
     return FeatureTable(
         calendar=calendar, instruments=instruments, names=tuple(manifest["names"]),
         values=_dense(table, _VALUES, (*shape, len(manifest["names"]))),
@@ -139,14 +143,12 @@ def save_features(cache_dir: Path, key: str, table: FeatureTable, inputs: dict[s
 def load_panel(cache_dir: Path, key: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, ProcessorState] | None:
     """Cached (features, label_raw, label_learn, state) for ``key``, or None."""
-    entry = _read_entry(cache_dir / "panels" / key)
+    entry = _lookup(cache_dir, "panels", key)
     if entry is None:
-        log.info("panel cache miss %s", key)
         return None
     table, manifest = entry
     _, _, shape = _axes(manifest)
     state = ProcessorState.from_dict(manifest["state"])
-    log.info("panel cache hit %s", key)
     return (_dense(table, _VALUES, (*shape, len(state.feature_names))), _column(table, _LABEL_RAW, shape).copy(),
             _column(table, _LABEL_LEARN, shape).copy(), state)
 
