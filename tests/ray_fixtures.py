@@ -21,7 +21,7 @@ from distgru.features.table import ProcessedPanel
 from distgru.processing.processors import ProcessorState
 from distgru.training.rundir import RunResult, collect_provenance
 
-N_INST, N_DAYS, N_FEAT, STEP = 24, 110, 3, 5
+N_INST, N_DAYS, N_FEAT, STEP = 64, 110, 3, 5
 SEGMENTS = {"train": (10, 70), "valid": (70, 90), "test": (90, 110)}
 
 
@@ -40,7 +40,8 @@ def ray_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def tiny_panel(seed: int = 0) -> ProcessedPanel:
-    """24 instruments × 110 days × 3 features; the label is feature 0 of the sample day plus noise."""
+    """64 instruments × 110 days × 3 features; the label is feature 0 of the sample day plus noise. (64 keeps the
+    valid set large enough that a 1- and a 2-worker run's IC differ by batch composition far less than 0.003.)"""
     rng = np.random.default_rng(seed)
     features = rng.standard_normal((N_INST, N_DAYS, N_FEAT)).astype(np.float32)
     label = (0.5 * features[:, :, 0] + rng.standard_normal((N_INST, N_DAYS))).astype(np.float32)
