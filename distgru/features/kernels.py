@@ -104,3 +104,74 @@ def roll_rank(x, w, out):  # pragma: no cover - compiled
                         equal += 1
             out[r, t] = (below + (equal + 1) / 2.0) / cnt
 
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def roll_regression(x, w, slot, out):  # pragma: no cover - compiled
+    """qlib's Slope / R² (unmasked r·r) / Resi into ``out[slot[k]]`` (k = 0, 1, 2; slot < 0: not wanted).
+
+    The same float operations in the same order as :func:`distgru.features.ops.rolling_regression`'s numpy
+    path: the running sums Σy, Σy², Σ(position·y) updated as ``(s + -removed) + added``, the position sums as
+    exact integers (window differences of cumulative sums), then the closed-form OLS.
+    """
+    n, d = x.shape
+    v = np.empty(d)
+    c_n = np.empty(d)
+    c_j = np.empty(d)
+    c_jj = np.empty(d)
+    fw = float(w)
+    for r in range(n):
+        a_n = 0.0
+        a_j = 0.0
+        a_jj = 0.0
+        for t in range(d):
+            xv = x[r, t]
+            day = float(t)
+            if np.isnan(xv):
+                v[t] = 0.0
+            else:
+                v[t] = xv
+                a_n = a_n + 1.0
+                a_j = a_j + day
+                a_jj = a_jj + day * day
+            c_n[t] = a_n
+            c_j[t] = a_j
+            c_jj[t] = a_jj
+        y = 0.0
+        y2 = 0.0
+        xy = 0.0
+        for t in range(d):
+            vt = v[t]
+            f = v[t - w] if t >= w else 0.0
+            y_prev = y
+            if t == 0:
+                y = -f + vt
+                y2 = -(f * f) + vt * vt
+                xy = -0.0 + fw * vt
+            else:
+                y = (y + -f) + vt
+                y2 = (y2 + -(f * f)) + vt * vt
+                xy = (xy + -y_prev) + fw * vt
+            if t >= w:
+                cnt = c_n[t] - c_n[t - w]
+                s_j = c_j[t] - c_j[t - w]
+                s_jj = c_jj[t] - c_jj[t - w]
+            else:
+                cnt = c_n[t]
+                s_j = c_j[t]
+                s_jj = c_jj[t]
+            off = fw - float(t)
+            x_sum = cnt * off + s_j
+            x2_sum = cnt * off * off + 2.0 * off * s_j + s_jj
+            num = cnt * xy - x_sum * y
+            sxx = cnt * x2_sum - x_sum * x_sum
+            slope = num / sxx
+            if slot[0] >= 0:
+                out[slot[0], r, t] = slope
+            if slot[1] >= 0:
+                rr = num / np.sqrt(sxx * (cnt * y2 - y * y))
+                out[slot[1], r, t] = rr * rr
+            if slot[2] >= 0:
+                interp = y / cnt - slope * (x_sum / cnt)
+                out[slot[2], r, t] = x[r, t] - (slope * fw + interp)
+
