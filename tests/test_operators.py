@@ -175,8 +175,9 @@ def pandas_rolling(x: np.ndarray, w: int) -> pd.core.window.rolling.Rolling:
 def test_rolling_ops_match_pandas(x, w):
     r = pandas_rolling(x, w)
     xs = x[None, :]
-    np.testing.assert_allclose(ops.rolling_mean(xs, w)[0], r.mean(), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(ops.rolling_sum(xs, w)[0], r.sum(), rtol=1e-9, atol=1e-9)
+    # pandas' own kernels, bit for bit (compiled replicas in distgru.features.moments).
+    np.testing.assert_array_equal(ops.rolling_mean(xs, w)[0], r.mean())
+    np.testing.assert_array_equal(ops.rolling_sum(xs, w)[0], r.sum())
     np.testing.assert_allclose(ops.rolling_max(xs, w)[0], r.max())
     np.testing.assert_allclose(ops.rolling_min(xs, w)[0], r.min())
     # pandas' own kernel, bit for bit, drift on constant windows included (qlib's values carry it too).
@@ -185,6 +186,38 @@ def test_rolling_ops_match_pandas(x, w):
     q80, q20 = ops.rolling_quantiles(xs, w, [0.8, 0.2])
     np.testing.assert_allclose(q80[0], r.quantile(0.8), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(q20[0], r.quantile(0.2), rtol=1e-9, atol=1e-9)
+
+
+# Offsets and outliers that make pandas' variance and correlation kernels re-anchor or recompute a window.
+wild = arrays(np.float64, st.integers(1, 60), elements=st.one_of(
+    st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 1e8, 1e8 + 1, -3e12, 1e-9]),
+    st.floats(-1e6, 1e6)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(x=wild, y=wild, w=st.integers(1, 12))
+def test_compiled_moments_are_pandas_bit_for_bit(x, y, w):
+    y = np.resize(y, len(x))
+    r = pd.Series(np.where(np.isinf(x), np.nan, x)).rolling(w, min_periods=1)
+    ry = pd.Series(np.where(np.isinf(y), np.nan, y)).rolling(w, min_periods=1)
+    xs = x[None, :]
+    np.testing.assert_array_equal(ops.rolling_sum(xs, w)[0], r.sum())
+    np.testing.assert_array_equal(ops.rolling_mean(xs, w)[0], r.mean())
+    np.testing.assert_array_equal(ops.rolling_std(xs, w)[0], r.std())
+    unmasked = ops.rolling_corr(xs, y[None, :], w, std_a=np.ones_like(xs), std_b=np.ones_like(xs))[0]
+    expected = r.corr(ry._selected_obj).to_numpy()
+    # sqrt where pandas' C code calls pow(x, 0.5): 1 ulp of float64 at most, the same float32 (what features keep)
+    np.testing.assert_array_max_ulp(unmasked, expected, maxulp=1)
+    np.testing.assert_array_equal(unmasked.astype(np.float32), expected.astype(np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=wild, w=st.integers(1, 12), start=st.integers(0, 10), largest=st.booleans())
+def test_compiled_idxmax_idxmin_equal_the_numpy_version(x, w, start, largest):
+    from distgru.features import fallback
+    s = np.array([start])
+    np.testing.assert_array_equal(ops.rolling_argext(x[None, :], w, s, largest),
+                                  fallback.rolling_argext(x[None, :], w, s, largest))
 
 
 def _argmax1(a: np.ndarray) -> float:

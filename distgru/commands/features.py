@@ -20,6 +20,7 @@ from pathlib import Path
 from distgru.config import ConfigError, DataConfig
 from distgru.config.schema import DEFAULT_LABEL
 from distgru.data.load import load_bars
+from distgru.features.compute import feature_frame
 from distgru.processing.pipeline import check_features, features_for
 
 
@@ -63,11 +64,15 @@ def run(args: argparse.Namespace) -> int:
     bars = load_bars(data)  # the whole history: look-back before --start, label days after --end
     # --start is qlib's query start: each expression's series begins at --start minus its look-back, as in
     # D.features, so values match qlib's to the bit (and the cache key includes it).
-    table = features_for(bars, args.features, args.columns, args.label, args.cache_dir, progress=True,
-                         start=data.start)
-    frame = table.to_frame(data.start, data.end, masked=True)
+    if args.cache_dir:
+        table = features_for(bars, args.features, args.columns, args.label, args.cache_dir, progress=True,
+                             start=data.start)
+        frame = table.to_frame(data.start, data.end, masked=True)
+    else:  # nothing to store: only the wanted rows are computed, straight into the frame
+        frame = feature_frame(bars, args.features, args.columns, args.label, start=data.start, end=data.end,
+                              progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out)
-    print(f"wrote {len(frame):,} rows × {frame.shape[1]} columns ({len(table.names)} features + "
-          f"{table.label_name}) to {args.out} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {len(frame):,} rows × {frame.shape[1]} columns ({frame.shape[1] - 1} features + "
+          f"{frame.columns[-1]}) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0

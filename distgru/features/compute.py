@@ -1,9 +1,12 @@
-"""``compute_features``: a BarPanel → a FeatureTable of Alpha158 / Alpha360 features and the label."""
+"""A BarPanel → Alpha158 / Alpha360 features and the label: a dense FeatureTable (``compute_features``) or the
+wanted rows as a frame (``feature_frame``)."""
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +18,7 @@ from distgru.config.schema import DEFAULT_LABEL
 from distgru.data.panel import REQUIRED_FIELDS, BarPanel
 from distgru.features.alpha158 import alpha158, group_of
 from distgru.features.alpha360 import alpha360
+from distgru.features.engine import ColumnSink, FrameSink, Sink, TableSink, evaluate_block, pack
 from distgru.features.expr import Evaluator, ExpressionError, Node, extended_window, parse
 from distgru.features.table import FeatureTable
 
@@ -25,7 +29,6 @@ FEATURE_SETS: dict[str, tuple[Callable[[], list[tuple[str, str]]], Callable[[str
     "alpha158": (alpha158, group_of),
     "alpha360": (alpha360, lambda name: name.rstrip("0123456789")),
 }
-_STAGE = 16
 
 
 def feature_definitions(feature_set: str = "alpha158", columns: list[str] | None = None) -> list[tuple[str, str]]:
@@ -55,10 +58,29 @@ def data_range(fields: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
+def _prepare(panel: BarPanel, feature_set: str, columns: list[str] | None, label: str
+             ) -> tuple[list[tuple[str, str]], list[Node], dict[str, np.ndarray]]:
+    defs = feature_definitions(feature_set, columns)
+    label_node = parse(label)
+    missing = sorted(label_node.fields() - set(panel.fields))
+    if missing:
+        raise ExpressionError(f"label {label!r} uses missing field(s) {missing}; available: {sorted(panel.fields)}")
+    fields = dict(panel.fields)
+    if "vwap" not in fields:
+        fields["vwap"] = np.full(panel.shape, np.nan, dtype=np.float32)
+    nodes = [*(parse(expr) for _, expr in defs), label_node]
+    Evaluator(fields, nodes, np.zeros(0))  # unknown fields fail here, before any work
+    return defs, nodes, fields
+
+
+def _query_start(panel: BarPanel, start: str | pd.Timestamp | None) -> int:
+    return 0 if start is None else int(panel.calendar.searchsorted(pd.Timestamp(start), "left"))
+
+
 def compute_features(panel: BarPanel, feature_set: str = "alpha158", columns: list[str] | None = None,
                      label: str = DEFAULT_LABEL, progress: bool = False, workers: int | None = None,
                      start: str | pd.Timestamp | None = None) -> FeatureTable:
-    """Features and label with qlib's operator semantics, as float32.
+    """Features and label with qlib's operator semantics, as float32, on the panel's whole [N, D] grid.
 
     ``start`` is the first day the caller wants, as in qlib's ``D.features(..., start_time)``: each expression
     is then evaluated on the calendar from ``start`` minus its extended window (qlib's
@@ -70,54 +92,148 @@ def compute_features(panel: BarPanel, feature_set: str = "alpha158", columns: li
     Only the expressions ``columns`` needs are evaluated, sharing common sub-expressions. Days outside an
     instrument's first..last bar are NaN (qlib has no rows there); membership is carried through unmasked.
     A panel without ``$vwap`` gives NaN VWAP features, as qlib's public cn data does; the label must only use
-    fields the panel has. ``workers`` threads (default: one per CPU) each take a block of instruments: every
-    operator works row by row, and numpy's and pandas' kernels release the GIL.
+    fields the panel has. ``workers`` threads (default: one per CPU) take blocks of instruments
+    (:mod:`distgru.features.engine`); numpy's, pandas' and the compiled kernels release the GIL.
     """
-    defs = feature_definitions(feature_set, columns)
-    label_node = parse(label)
-    missing = sorted(label_node.fields() - set(panel.fields))
-    if missing:
-        raise ExpressionError(f"label {label!r} uses missing field(s) {missing}; available: {sorted(panel.fields)}")
-    fields = dict(panel.fields)
-    if "vwap" not in fields:
-        fields["vwap"] = np.full(panel.shape, np.nan, dtype=np.float32)
-    nodes = [parse(expr) for _, expr in defs]
-    Evaluator(fields, [*nodes, label_node], np.zeros(0))  # unknown fields fail here, before any work
-
+    defs, nodes, fields = _prepare(panel, feature_set, columns, label)
     n, d = panel.shape
-    first = 0 if start is None else int(panel.calendar.searchsorted(pd.Timestamp(start), "left"))
-    # Roots grouped by the calendar day their series starts on: max(0, first - extended window).
-    plan: dict[int, list[int]] = {}
-    for j, node in enumerate([*nodes, label_node]):
-        plan.setdefault(max(0, first - extended_window(node)[0]), []).append(j)
-    values = np.empty((n, d, len(defs)), dtype=np.float32)
-    labels = np.empty((n, d), dtype=np.float32)
-    workers = max(1, min(_cpus() if workers is None else workers, n))
-    blocks = [b for b in np.array_split(np.arange(n), workers) if len(b)]
-    t0 = time.perf_counter()
-    _keep_freed_memory()
-
-    def run(i: int) -> None:
-        rows = slice(int(blocks[i][0]), int(blocks[i][-1]) + 1)
-        sub = {k: v[rows] for k, v in fields.items()}
-        _evaluate_block(sub, defs, nodes, label_node, values[rows], labels[rows], first, plan,
-                        FEATURE_SETS[feature_set][1] if progress and i == 0 else None)
-
-    with ThreadPoolExecutor(len(blocks)) as pool:
-        list(pool.map(run, range(len(blocks))))
-    if progress:
-        log.info("features %s: %d columns and label on %d×%d in %.1fs (%d threads)", feature_set, len(defs), n, d,
-                 time.perf_counter() - t0, len(blocks))
+    first = _query_start(panel, start)
+    values = np.full((n, d, len(defs)), np.nan, dtype=np.float32)
+    labels = np.full((n, d), np.nan, dtype=np.float32)
+    _evaluate(fields, defs, nodes, first, data_range(fields)[1], TableSink(values, labels, first), feature_set,
+              progress, workers)
     return FeatureTable(calendar=panel.calendar, instruments=panel.instruments, names=tuple(n for n, _ in defs),
                         values=values, label=labels, membership=panel.membership)
+
+
+def feature_frame(panel: BarPanel, feature_set: str = "alpha158", columns: list[str] | None = None,
+                  label: str = DEFAULT_LABEL, start: str | pd.Timestamp | None = None,
+                  end: str | pd.Timestamp | None = None, order: str = "datetime", progress: bool = False,
+                  workers: int | None = None, label_name: str = "LABEL0") -> pd.DataFrame:
+    """The member rows of ``start..end`` as a frame: ``compute_features(...).to_frame(start, end)`` without the
+    dense table.
+
+    Same values, bit for bit; one float32 column per feature plus the label. ``order="datetime"``: indexed
+    (datetime, instrument) and sorted, as qlib's data handlers hold features; ``"instrument"``: indexed
+    (instrument, datetime) and sorted, as qlib's ``D.features`` returns them (an instrument's rows adjacent, so
+    each column is written in runs). Each instrument is evaluated only up to its last wanted row (plus the
+    label's look-ahead), and results go straight into the frame's own array.
+    """
+    if order not in ("datetime", "instrument"):
+        raise ValueError(f"order must be 'datetime' or 'instrument', got {order!r}")
+    defs, nodes, fields = _prepare(panel, feature_set, columns, label)
+    n, d = panel.shape
+    first = _query_start(panel, start)
+    stop = d if end is None else int(panel.calendar.searchsorted(pd.Timestamp(end), "right"))
+    keep = np.zeros((n, d), dtype=bool)
+    keep[:, first:stop] = panel.membership[:, first:stop]
+    if order == "datetime":
+        day_idx, inst_idx = np.nonzero(keep.T)
+    else:
+        inst_idx, day_idx = np.nonzero(keep)
+    position = np.full((n, d), -1, dtype=np.int64)
+    position[inst_idx, day_idx] = np.arange(len(day_idx))
+    last_wanted = np.where(keep.any(axis=1), d - 1 - np.argmax(keep[:, ::-1], axis=1), -1)
+    right = max(extended_window(node)[1] for node in nodes)
+    lo_day, hi_day = data_range(fields)
+    # Wanted rows without a bar on that day (a member span reaching past the data) stay NaN.
+    uncovered = np.flatnonzero((day_idx < lo_day[inst_idx]) | (day_idx > hi_day[inst_idx]))
+    end_day = np.where(last_wanted >= 0, np.minimum(hi_day, last_wanted + right), -1)
+    names = [*(name for name, _ in defs), label_name]
+    if order == "datetime":
+        out = _small_pages((len(day_idx), len(names)))
+        out[uncovered] = np.nan
+        sink: Sink = FrameSink(out, position)
+        data = out
+    else:
+        out = _small_pages((len(names), len(day_idx)))
+        out[:, uncovered] = np.nan
+        sink = ColumnSink(out, position)
+        data = out.T
+    _evaluate(fields, defs, nodes, first, end_day, sink, feature_set, progress, workers)
+    frame = pd.DataFrame(data, columns=names, copy=False)
+    days, symbols = panel.calendar, pd.Index(panel.instruments)
+    if order == "datetime":
+        frame.index = pd.MultiIndex(levels=[days, symbols], codes=[day_idx, inst_idx],
+                                    names=["datetime", "instrument"], verify_integrity=False)
+    else:
+        frame.index = pd.MultiIndex(levels=[symbols, days], codes=[inst_idx, day_idx],
+                                    names=["instrument", "datetime"], verify_integrity=False)
+    return frame
+
+
+def _evaluate(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes: list[Node], first: int,
+              end_day: np.ndarray, sink: Sink, feature_set: str, progress: bool, workers: int | None) -> None:
+    """Every root (the features, then the label as root ``len(defs)``) on every instrument's days up to
+    ``end_day``, block by block on ``workers`` threads, into ``sink``.
+
+    Roots are grouped by the calendar day their series starts on, ``max(0, first - extended window)`` (qlib's
+    query-start rule); an instrument's series starts there or at its first bar, whichever is later.
+    """
+    lo_day, hi_day = data_range(fields)
+    plan: dict[int, list[int]] = {}
+    for j, node in enumerate(nodes):
+        plan.setdefault(max(0, first - extended_window(node)[0]), []).append(j)
+    work = [(q, block) for q, members in sorted(plan.items())
+            for block in pack(np.maximum(lo_day, q), np.minimum(end_day, hi_day))]
+    group_name = FEATURE_SETS[feature_set][1]
+    t0 = time.perf_counter()
+    done = [0]
+    lock = threading.Lock()
+    _keep_freed_memory()
+
+    def log_group(block_index: int) -> Callable[[int], None] | None:
+        if not progress or block_index:
+            return None
+        t_group = [time.perf_counter()]
+
+        def after(j: int) -> None:
+            if j >= len(defs) or (j + 1 < len(defs) and group_name(defs[j + 1][0]) == group_name(defs[j][0])):
+                return
+            now = time.perf_counter()
+            log.info("features: %s done in %.2fs (%d/%d, first block of %d instruments)", group_name(defs[j][0]),
+                     now - t_group[0], j + 1, len(defs), len(work[0][1].rows))
+            t_group[0] = now
+        return after
+
+    def run(i: int) -> None:
+        q, block = work[i]
+        evaluate_block(fields, block, [(j, nodes[j]) for j in plan[q]], sink, log_group(i))
+        with lock:
+            done[0] += 1
+            k = done[0]
+        if progress and (k * 10 // len(work) > (k - 1) * 10 // len(work)):
+            elapsed = time.perf_counter() - t0
+            log.info("features %s: %d/%d blocks, %.1fs elapsed, ETA %.1fs", feature_set, k, len(work), elapsed,
+                     elapsed * (len(work) - k) / k)
+
+    threads = max(1, min(_cpus() if workers is None else workers, len(work)))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(run, range(len(work))))
+    if progress:
+        log.info("features %s: %d columns and label, %d instrument blocks in %.1fs (%d threads)", feature_set,
+                 len(defs), len(work), time.perf_counter() - t0, threads)
+
+
+def _small_pages(shape: tuple[int, int]) -> np.ndarray:
+    """An uninitialised float32 array on ordinary 4 KiB pages.
+
+    numpy asks the kernel for transparent huge pages on large arrays; where the kernel then compacts memory to
+    find them (``defrag=madvise``, a common default), the first writes to a frame-sized array stall for 2-3× as
+    long as with small pages (0.9 s vs 0.37 s for 680 MB on the benchmark machine). Anonymous ``mmap`` pages
+    come without that advice.
+    """
+    count = shape[0] * shape[1]
+    buffer = mmap.mmap(-1, max(1, count * 4))
+    return np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
 
 
 def _keep_freed_memory() -> None:
     """Let glibc serve the engine's large temporaries from its heap and keep freed memory for reuse.
 
-    By default every allocation over 128 KiB is a fresh mmap, and each of the engine's thousands of 10-25 MB
-    temporaries then costs a round of page faults (a third of the CPU time on a loaded host). Raising the mmap
-    and trim thresholds (glibc ``mallopt``; a no-op elsewhere) keeps those pages mapped between temporaries.
+    By default every allocation over 128 KiB is a fresh mmap, and each of the engine's thousands of temporaries
+    then costs a round of page faults (a third of the CPU time on a loaded host). Raising the mmap and trim
+    thresholds (glibc ``mallopt``; a no-op elsewhere) keeps those pages mapped between temporaries.
     """
     try:
         import ctypes
@@ -131,63 +247,3 @@ def _keep_freed_memory() -> None:
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _evaluate_block(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes: list[Node], label: Node,
-                    values: np.ndarray, labels: np.ndarray, first: int, plan: dict[int, list[int]],
-                    group_name: Callable[[str], str] | None) -> None:
-    """One block of instruments: fills ``values`` [n, D, F] and ``labels`` [n, D] in place.
-
-    ``plan``: series start day → the roots (indices into ``nodes``, ``len(nodes)`` for the label) evaluated on the
-    calendar from that day; their values are kept from day ``first`` on, earlier days are NaN.
-    """
-    lo_day, hi_day = data_range(fields)
-    days = np.arange(values.shape[1])[None, :]
-    outside = (days < np.maximum(lo_day, first)[:, None]) | (days > hi_day[:, None])
-    values[:, :first] = np.nan
-    labels[:, :first] = np.nan
-    t_group = time.perf_counter()
-    for q, members in sorted(plan.items()):
-        sub = {k: v[:, q:] for k, v in fields.items()} if q else fields
-        roots = [label if j == len(nodes) else nodes[j] for j in members]
-        evaluator = Evaluator(sub, roots, np.maximum(lo_day - q, 0))
-        skip = first - q
-        cols = [j for j in members if j < len(nodes)]
-        # Columns are staged feature-major and written _STAGE at a time: writing one column of the [N, D, F]
-        # array touches a cache line per element, ten times slower than writing runs of adjacent features.
-        stage = np.empty((min(_STAGE, max(1, len(cols))), values.shape[0], values.shape[1] - first),
-                         dtype=np.float32)
-        for k, j in enumerate(cols):
-            np.copyto(stage[k % _STAGE], evaluator.value(nodes[j])[:, skip:], casting="unsafe")
-            if (k + 1) % _STAGE == 0 or k + 1 == len(cols):
-                done = cols[k - k % _STAGE:k + 1]
-                _write_columns(values, first, done, stage[:len(done)])
-            name = defs[j][0]
-            if group_name is not None and not q and (j + 1 == len(defs) or
-                                                     group_name(defs[j + 1][0]) != group_name(name)):
-                now = time.perf_counter()
-                log.info("features: %s done in %.2fs (%d/%d, first block of instruments)", group_name(name),
-                         now - t_group, j + 1, len(defs))
-                t_group = now
-        if len(members) > len(cols):
-            np.copyto(labels[:, first:], np.broadcast_to(evaluator.value(label), sub["close"].shape)[:, skip:],
-                      casting="unsafe")
-    # One pass over whole feature vectors (13% of cells on CSI300) rather than a masked pass per column.
-    values[outside] = np.nan
-    labels[outside] = np.nan
-
-
-def _write_columns(values: np.ndarray, first: int, cols: list[int], stage: np.ndarray) -> None:
-    """values[:, first:, cols] = stage.transpose(1, 2, 0), a few instruments at a time.
-
-    A whole-array transposed copy strides through 16 planes of 10+ MB per output row and misses cache on every
-    element; blocks of instruments keep the source rows (16 × rows × D) in cache.
-    """
-    contiguous = cols == list(range(cols[0], cols[-1] + 1))
-    step = max(1, (1 << 19) // max(1, stage.shape[0] * stage.shape[2]))
-    for lo in range(0, stage.shape[1], step):
-        part = stage[:, lo:lo + step].transpose(1, 2, 0)
-        if contiguous:
-            values[lo:lo + step, first:, cols[0]:cols[-1] + 1] = part
-        else:
-            values[lo:lo + step, first:, cols] = part

@@ -1,8 +1,9 @@
 """Compiled rolling kernels (numba) over ``[instrument, day]`` float64 arrays, one row at a time.
 
 The order-statistic operators (IdxMax/IdxMin, Quantile, Rank): they only compare and pick values, then do the
-same few float operations, in the same order, as the numpy versions in :mod:`distgru.features.ops` (which remain
-the fallback), so results are bit-identical. (Sum, Mean and Std call pandas' own Cython kernels row by row.)
+same few float operations, in the same order, as the numpy versions in :mod:`distgru.features.fallback`, so
+results are bit-identical. (Sum, Mean and Std: :mod:`distgru.features.moments`.) Also the two copies that move a
+block's results into a frame's rows (:class:`distgru.features.engine.FrameSink`).
 
 The kernels are ``nogil``: :func:`distgru.features.compute.compute_features` runs blocks of instruments on
 threads. ``cache=True`` keeps the machine code on disk (``__pycache__``), so only the first run pays compilation.
@@ -17,30 +18,67 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def roll_argext(x, w, start, largest, out):  # pragma: no cover - compiled
-    """qlib's IdxMax/IdxMin (see :func:`distgru.features.ops.rolling_argext`); NaN is anything not finite."""
+    """qlib's IdxMax/IdxMin (see :func:`distgru.features.ops.rolling_argext`); NaN is anything not finite.
+
+    O(D) per row: a monotone deque of the window's candidate extremes (ties keep the oldest, as argmax does)
+    and a queue of its NaN positions (the oldest NaN wins).
+    """
     n, d = x.shape
+    cand = np.empty(d, dtype=np.int64)
+    nans = np.empty(d, dtype=np.int64)
     for r in range(n):
         s0 = start[r]
+        c_head = 0
+        c_tail = 0
+        n_head = 0
+        n_tail = 0
         for t in range(d):
-            lo = max(t - w + 1, s0, 0)
-            best = -1
-            cnt = 0
-            nan_at = -1
-            for j in range(lo, t + 1):
-                v = x[r, j]
+            if t >= s0:
+                v = x[r, t]
                 if not np.isfinite(v):
-                    if nan_at < 0:
-                        nan_at = j
-                    continue
-                cnt += 1
-                if best < 0 or (v > x[r, best] if largest else v < x[r, best]):
-                    best = j
-            if cnt == 0:
+                    nans[n_tail] = t
+                    n_tail += 1
+                else:
+                    while c_tail > c_head and (x[r, cand[c_tail - 1]] < v if largest else x[r, cand[c_tail - 1]] > v):
+                        c_tail -= 1
+                    cand[c_tail] = t
+                    c_tail += 1
+            lo = max(t - w + 1, s0, 0)
+            while c_head < c_tail and cand[c_head] < lo:
+                c_head += 1
+            while n_head < n_tail and nans[n_head] < lo:
+                n_head += 1
+            if c_head == c_tail:  # no finite value in the window
                 out[r, t] = np.nan
+            elif n_head < n_tail:  # numpy's argmax/argmin return the first NaN
+                out[r, t] = nans[n_head] - lo + 1
             else:
-                if nan_at >= 0:  # numpy's argmax/argmin return the first NaN
-                    best = nan_at
-                out[r, t] = best - lo + 1
+                out[r, t] = cand[c_head] - lo + 1
+
+
+@njit(cache=True, nogil=True)
+def take_column(value, src, stage, k):  # pragma: no cover - compiled
+    """stage[k] = value.ravel()[src]: one output column of a block, at its wanted cells."""
+    flat = value.ravel()
+    for i in range(src.shape[0]):
+        stage[k, i] = flat[src[i]]
+
+
+@njit(cache=True, nogil=True)
+def scatter(value, src, column, dest):  # pragma: no cover - compiled
+    """column[dest] = value.ravel()[src]."""
+    flat = value.ravel()
+    for i in range(src.shape[0]):
+        column[dest[i]] = flat[src[i]]
+
+
+@njit(cache=True, nogil=True)
+def put_rows(out, dest, first_col, stage, n_cols):  # pragma: no cover - compiled
+    """out[dest[i], first_col:first_col + n_cols] = stage[:n_cols, i]: staged columns to their output rows."""
+    for i in range(dest.shape[0]):
+        row = dest[i]
+        for c in range(n_cols):
+            out[row, first_col + c] = stage[c, i]
 
 
 @njit(cache=True, nogil=True)
@@ -103,7 +141,6 @@ def roll_rank(x, w, out):  # pragma: no cover - compiled
                     elif v == cur:
                         equal += 1
             out[r, t] = (below + (equal + 1) / 2.0) / cnt
-
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -7,9 +7,9 @@ NaN before its rolling kernels).
 
 How each family is computed, all instruments in one call (no per-instrument Python loop):
 
-- Mean, Sum, Std, Corr: pandas' own rolling kernels over a [D, N] frame that views the array, i.e. the exact
-  code qlib runs per instrument, one Cython pass per column. Std is fixed up to exactly 0 on constant windows
-  (see :func:`rolling_std`).
+- Mean, Sum, Std: compiled replicas of pandas' own rolling kernels (:mod:`distgru.features.moments`), the code
+  qlib runs per instrument, bit for bit; without numba, pandas' Cython kernels row by row.
+- Corr: likewise, a compiled replica of pandas' ``roll_corr``.
 - Max, Min: van Herk / Gil-Werman blocks of ``w`` days (a window is one block's suffix plus the next block's
   prefix), O(D) whatever the window.
 - Slope, Rsquare, Resi: qlib's running sums replayed in its update order, positions relative to the window's
@@ -25,10 +25,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-try:  # compiled loops for regression and order statistics; distgru.features.fallback holds numpy versions
+try:  # compiled loops; without numba, pandas' kernels and distgru.features.fallback's numpy versions
     from distgru.features import kernels as _kernels
+    from distgru.features import moments as _moments
 except ImportError:  # pragma: no cover - numba not installed
-    _kernels = None
+    _kernels = _moments = None
 
 # qlib masks Corr and Rsquare where the rolling std is "close to zero" with np.isclose(std, 0, atol=2e-5).
 STD_ATOL = 2e-5
@@ -155,8 +156,22 @@ def _sum_count(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     return s, n
 
 
+def _as_float(x: np.ndarray) -> np.ndarray:
+    """float32 or float64 as it is (the compiled kernels read either), anything else as float64."""
+    x = np.asarray(x)
+    return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
+
+
+def _compiled(kernel, x: np.ndarray, w: int) -> np.ndarray:
+    out = np.empty(np.shape(x))
+    kernel(_as_float(x), w, out)
+    return out
+
+
 def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
     """pandas' rolling sum (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
+    if _moments is not None:
+        return _compiled(_moments.roll_sum, x, w)
     if _ROLL_KERNELS["roll_sum"] is not None:
         return _roll_rows(_ROLL_KERNELS["roll_sum"], _float(x), w)
     s, n = _sum_count(x, w)
@@ -166,6 +181,8 @@ def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     """pandas' rolling mean (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
+    if _moments is not None:
+        return _compiled(_moments.roll_mean, x, w)
     if _ROLL_KERNELS["roll_mean"] is not None:
         return _roll_rows(_ROLL_KERNELS["roll_mean"], _float(x), w)
     s, n = _sum_count(x, w)
@@ -182,6 +199,8 @@ def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
     the same drift, amplified by ``/($volume+1e-12)`` in VSTD and WVMA, so it is kept bit for bit: callers start
     the series where qlib's query would (see :func:`distgru.features.expr.extended_window`).
     """
+    if _moments is not None:
+        return _compiled(_moments.roll_std, x, w)
     if _ROLL_KERNELS["roll_var"] is None:
         return _unframe(_rolling(_finite(x), w).std())
     var = _roll_rows(_ROLL_KERNELS["roll_var"], _float(x), w, 1)
@@ -252,28 +271,33 @@ def _roll_corr_kernel():
 _ROLL_CORR = _roll_corr_kernel()
 
 
+def _pandas_corr(a: np.ndarray, b: np.ndarray, w: int) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if _ROLL_CORR is None:
+            fa, fb = pd.DataFrame(a.T, copy=False), pd.DataFrame(b.T, copy=False)
+            return _unframe(fa.rolling(w, min_periods=1).corr(fb))
+        x, y = a + 0 * b, b + 0 * a
+        start, end = _bounds(a.shape[1], w)
+        corr = np.empty(a.shape)
+        for i in range(a.shape[0]):
+            corr[i] = _ROLL_CORR(x[i], y[i], start, end, 1)
+        return corr
+
+
 def rolling_corr(a: np.ndarray, b: np.ndarray, w: int, std_a: np.ndarray | None = None,
                  std_b: np.ndarray | None = None) -> np.ndarray:
     """pandas' rolling Pearson correlation (pairwise-valid elements); NaN where either input's rolling std ≈ 0.
 
-    ``std_a``/``std_b``: the inputs' ``rolling_std`` when the caller has them already. The inputs are paired as
-    pandas pairs two frames (``a + 0*b``, ``b + 0*a``) and each instrument goes straight to pandas' own
-    ``roll_corr`` kernel, skipping the per-column Series machinery of ``DataFrame.rolling().corr()`` (ten times
-    the kernel's cost); the numbers are the same.
+    ``std_a``/``std_b``: the inputs' ``rolling_std`` when the caller has them already. A day where either input
+    is NaN is skipped, as pandas pairs two frames. The compiled replica of pandas' ``roll_corr``
+    (:mod:`distgru.features.moments`) gives pandas' values to 1 ulp; without numba each instrument goes to pandas' own
+    kernel, skipping the per-column Series machinery of ``DataFrame.rolling().corr()`` (ten times its cost).
     """
-    a, b = _float(a), _float(b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if _ROLL_CORR is None:
-            fa, fb = pd.DataFrame(a.T, copy=False), pd.DataFrame(b.T, copy=False)
-            corr = _unframe(fa.rolling(w, min_periods=1).corr(fb))
-        else:
-            x, y = a + 0 * b, b + 0 * a
-            d = a.shape[1]
-            end = np.arange(1, d + 1, dtype=np.int64)
-            start = np.maximum(end - w, 0)
-            corr = np.empty(a.shape)
-            for i in range(a.shape[0]):
-                corr[i] = _ROLL_CORR(x[i], y[i], start, end, 1)
+    if _moments is not None:
+        corr = np.empty(np.shape(a))
+        _moments.roll_corr(_as_float(a), _as_float(b), w, corr)
+    else:
+        corr = _pandas_corr(_float(a), _float(b), w)
     std_a = rolling_std(a, w) if std_a is None else std_a
     std_b = rolling_std(b, w) if std_b is None else std_b
     corr[_near_zero(std_a) | _near_zero(std_b)] = np.nan

@@ -7,7 +7,6 @@ processors on top → DK_L, and segments as day ranges of that calendar.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ from distgru.data.load import load_bars
 from distgru.data.panel import BarPanel, DataError
 from distgru.features.table import FeatureTable, ProcessedPanel
 from distgru.processing import cache
-from distgru.processing.processors import PROCESSING_VERSION, ProcessorState, check_specs, fit_processors
+from distgru.processing.processors import ProcessorState, check_specs, fit_processors
 from distgru.processing.segments import day_slice, fit_window, label_horizon, segment_bounds
+from distgru.processing.versions import feature_code_version, processing_code_version
 
 
 @contextmanager
@@ -36,16 +36,6 @@ def _step(what: str, progress: bool) -> Iterator[None]:
     yield
     if progress:
         print(f"[distgru] {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-
-
-def feature_code_version() -> str:
-    """A hash of the feature engine's source files: editing any of them invalidates cached features, with no
-    version constant that someone must remember to bump."""
-    h = hashlib.sha256()
-    for path in sorted(Path(distgru.features.__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def check_features(feature_set: str, columns: list[str] | None, label: str) -> None:
@@ -127,7 +117,7 @@ def prepare_panel(cfg: Config, progress: bool = True) -> tuple[ProcessedPanel, P
 
     # Training keeps each instrument's full history (start=None): data.start only cuts the panel afterwards.
     f_inputs = feature_inputs(bars, feats.set, feats.columns, feats.label_expression)
-    p_inputs = {"features": cache.make_key(f_inputs), "processing": PROCESSING_VERSION,
+    p_inputs = {"features": cache.make_key(f_inputs), "processing": processing_code_version(),
                 "days": [calendar[0].isoformat(), calendar[-1].isoformat()], "fit": [fit_start, fit_end],
                 "infer": [asdict(s) for s in cfg.processors.infer],
                 "learn": [asdict(s) for s in cfg.processors.learn]}

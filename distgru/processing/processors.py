@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distgru.config import ConfigError, ProcessorSpec
-
-PROCESSING_VERSION = "1"
-"""Bump when a processor's arithmetic changes: it is part of the processed-panel cache key."""
+from distgru.processing.versions import processing_code_version
 
 EPS = np.float32(1e-12)
 MAD_TO_STD = np.float32(1.4826)
@@ -211,7 +209,7 @@ class ProcessorState:
 
     def to_dict(self) -> dict:
         return {
-            "processing_version": PROCESSING_VERSION,
+            "processing_code": processing_code_version(),  # provenance: the code that fitted it
             "feature_set": self.feature_set, "feature_names": list(self.feature_names), "columns": self.columns,
             "label_expression": self.label_expression, "fit_start": self.fit_start, "fit_end": self.fit_end,
             "infer": [asdict(s) for s in self.infer], "learn": [asdict(s) for s in self.learn],
