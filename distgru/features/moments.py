@@ -34,15 +34,16 @@ def _kahan(x, w, mean, out):  # pragma: no cover - compiled
     """pandas' roll_sum (``mean`` False) or roll_mean (True)."""
     n, d = x.shape
     for r in range(n):
-        nobs = 0
-        neg = 0
-        total = 0.0
-        comp_add = 0.0
-        comp_rem = 0.0
-        same = 0
-        prev = _read(x, r, 0) if d else 0.0
         for t in range(d):
-            if t >= w and w > 1:
+            if t == 0 or w == 1:  # the first window, or one disjoint from the last: pandas starts afresh
+                nobs = 0
+                neg = 0
+                total = 0.0
+                comp_add = 0.0
+                comp_rem = 0.0
+                same = 0
+                prev = _read(x, r, t)
+            elif t >= w:
                 v = _read(x, r, t - w)
                 if v == v:
                     nobs -= 1
@@ -52,14 +53,6 @@ def _kahan(x, w, mean, out):  # pragma: no cover - compiled
                     total = s
                     if np.signbit(v):
                         neg -= 1
-            if w == 1 and t > 0:  # every window is disjoint from the last: pandas starts afresh
-                nobs = 0
-                neg = 0
-                total = 0.0
-                comp_add = 0.0
-                comp_rem = 0.0
-                same = 0
-                prev = _read(x, r, t)
             v = _read(x, r, t)
             if v == v:
                 nobs += 1
