@@ -193,3 +193,30 @@ def test_bad_shards_are_rejected() -> None:
     dropped = SampleShard(inst, day, np.ones(len(inst), np.float32), shard.valid_inst, shard.valid_day)
     with pytest.raises(ValueError, match="finite learn label"):
         train_loop(cfg, panel, dropped, lambda m, s: None, device=torch.device("cpu"))
+
+
+def test_streamed_panel_trains_and_predicts_exactly_as_a_resident_one(caplog) -> None:
+    panel = tiny_panel(n_inst=12, n_days=60)
+    results = {}
+    for mode in ("always", "never"):
+        cfg = tiny_config(n_epochs=3, deterministic=True)
+        cfg.resources.panel_on_device = mode
+        with caplog.at_level("INFO", logger="distgru.training.loop"):
+            results[mode], _ = run(cfg, panel)
+    assert any("streamed from host memory" in r.getMessage() for r in caplog.records)
+    assert any("resident on cpu" in r.getMessage() for r in caplog.records)
+    drop = {"samples_per_s", "epoch_s"}
+    assert [{k: v for k, v in h.items() if k not in drop} for h in results["never"].history] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in results["always"].history]
+    model = loop_module.build_model(tiny_config().model, 5)
+    inst, day = sample_index(panel, "test", "infer")
+    np.testing.assert_array_equal(predict(model, panel, inst, day, 5, 64, "cpu", "never"),
+                                  predict(model, panel, inst, day, 5, 64, "cpu", "always"))
+
+
+def test_auto_placement_keeps_the_panel_on_the_device_while_it_takes_at_most_half_its_free_memory() -> None:
+    from distgru.training.windows import keep_on_device
+    gpu = torch.device("cuda", 0)  # a descriptor only: free memory is given, no GPU is touched
+    assert keep_on_device("auto", 50, gpu, free_bytes=100) and not keep_on_device("auto", 51, gpu, free_bytes=100)
+    assert keep_on_device("auto", 10**15, torch.device("cpu"))
+    assert not keep_on_device("never", 1, gpu, free_bytes=100) and keep_on_device("always", 10**15, gpu, 0)

@@ -138,7 +138,8 @@ def finish_run(cfg: Config, panel: ProcessedPanel, outcome: TrainOutcome, run_di
     frames = {}
     for seg in ("valid", "test"):
         inst, day = samples[seg]
-        score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device)
+        score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device,
+                    cfg.resources.panel_on_device)
         frames[seg] = prediction_frame(panel, inst, day, score)
     write_predictions(Path(run_dir) / PREDICTIONS_FILE, frames["test"])
     expected = _synthetic_expected(cfg, panel)

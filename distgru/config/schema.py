@@ -268,6 +268,11 @@ class ResourcesConfig:
     """Ray cluster address; null starts Ray locally unless RAY_ADDRESS is set."""
     max_failures: int = 0
     """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
+    panel_on_device: Literal["auto", "always", "never"] = "auto"
+    """Where a worker keeps the feature panel its windows are cut from. ``always``: on its device, copied once
+    (no per-epoch host→device traffic); ``never``: in host memory (pinned on CUDA), each batch's windows gathered
+    there and streamed to the device; ``auto``: on the device when the panel takes at most half of the device's
+    free memory, else streamed."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:

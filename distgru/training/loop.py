@@ -10,6 +10,7 @@ metric and takes the same early-stopping decision. Rank 0 hands the full checkpo
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from distgru.models import build_model
 from distgru.training import parallel as par
 from distgru.training.losses import batch_loss, valid_metrics
 from distgru.training.reweight import sample_weights
-from distgru.training.windows import WindowIndex, available, sample_index
+from distgru.training.windows import WindowSource, available, sample_index
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,12 +76,11 @@ def make_shard(cfg: Config, panel: ProcessedPanel, rank: int = 0, world: int = 1
 
 
 def predict(model: nn.Module, panel: ProcessedPanel, inst: np.ndarray, day: np.ndarray, step_len: int,
-            batch_size: int, device: torch.device | str) -> np.ndarray:
+            batch_size: int, device: torch.device | str, panel_on_device: str = "auto") -> np.ndarray:
     """Scores of the samples (inst[i], day[i]) over infer (DK_I) windows, float32, in the given order."""
     device = torch.device(device)
-    features = torch.from_numpy(panel.features).to(device)
-    windows = WindowIndex.build(available(panel, "infer"), step_len, device)
-    return _score(par.unwrap(model).to(device), features, windows, torch.as_tensor(inst, device=device),
+    source = WindowSource.place(panel.features, available(panel, "infer"), step_len, device, panel_on_device)
+    return _score(par.unwrap(model).to(device), source, torch.as_tensor(inst, device=device),
                   torch.as_tensor(day, device=device), batch_size).cpu().numpy()
 
 
@@ -105,10 +107,15 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
             amp.scaler.load_state_dict(resume["scaler"])
             _set_rng_state(resume["rng"])
 
-        # The panel goes to the device once; batches are gathered there.
-        features = torch.from_numpy(panel.features).to(device)
+        # The panel goes to the device once and batches are gathered there, unless it does not fit (then
+        # windows are cut in host memory and streamed); labels, weights and indices are small and stay on device.
+        source = WindowSource.place(panel.features, available(panel, "learn"), window_len(cfg), device,
+                                    cfg.resources.panel_on_device)
+        if is_main:
+            log.info("feature panel %s: %.0f MiB %s", "x".join(map(str, panel.features.shape)),
+                     panel.features.nbytes / 2**20, "streamed from host memory" if source.streamed
+                     else f"resident on {device}")
         label = torch.from_numpy(panel.label_learn).to(device)
-        windows = WindowIndex.build(available(panel, "learn"), window_len(cfg), device)
         t_inst, t_day = (torch.as_tensor(a, dtype=torch.int64, device=device)
                          for a in (shard.train_inst, shard.train_day))
         t_weight = torch.as_tensor(shard.train_weight, dtype=torch.float32, device=device)
@@ -143,11 +150,10 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
             order = np.random.default_rng([tc.seed, epoch, rank]).permutation(n_local)
             # A rank with fewer samples wraps around its permutation; one with more leaves the tail (drop_last).
             take = torch.from_numpy(order[np.arange(steps * local_bs) % n_local].reshape(steps, local_bs))
-            stats = _train_epoch(ddp, optimizer, amp, tc, features, label, windows,
-                                 t_inst, t_day, t_weight, take.to(device))
+            stats = _train_epoch(ddp, optimizer, amp, tc, source, label, t_inst, t_day, t_weight, take.to(device))
             train_s = time.perf_counter() - t0
 
-            pred = _score(model, features, windows, v_inst, v_day, tc.batch_size)
+            pred = _score(model, source, v_inst, v_day, tc.batch_size)
             rows = par.all_gather_rows(torch.stack([v_inst.double(), v_day.double(), pred.double()], dim=1)).cpu()
             metrics = _valid_metrics(rows.numpy(), panel)
             # Every rank computed the metric from the same gathered predictions; rank 0's value is authoritative.
@@ -183,8 +189,8 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
 
 
 def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp, tc: TrainConfig,
-                 features: torch.Tensor, label: torch.Tensor, windows: WindowIndex, t_inst: torch.Tensor,
-                 t_day: torch.Tensor, t_weight: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
+                 source: WindowSource, label: torch.Tensor, t_inst: torch.Tensor, t_day: torch.Tensor,
+                 t_weight: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
     """One pass; returns per-rank sums of [loss, grad norm before clipping, clipped steps] (kept on the device
     so no step waits for a host sync)."""
     ddp.train()
@@ -193,7 +199,7 @@ def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp,
     for idx in take:
         inst, day = t_inst[idx], t_day[idx]
         with amp.autocast():
-            pred = ddp(windows.gather(features, inst, day))
+            pred = ddp(source.gather(inst, day))
         loss = batch_loss(pred.float(), label[inst, day], t_weight[idx], tc.loss)
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss, optimizer)  # DDP all-reduces here; fp16 grads come back unscaled
@@ -221,14 +227,14 @@ def clip_gradients(params: list[nn.Parameter], kind: str, threshold: float) -> t
 
 
 @torch.no_grad()
-def _score(model: nn.Module, features: torch.Tensor, windows: WindowIndex, inst: torch.Tensor,
-           day: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _score(model: nn.Module, source: WindowSource, inst: torch.Tensor, day: torch.Tensor,
+           batch_size: int) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    parts = [model(windows.gather(features, inst[i:i + batch_size], day[i:i + batch_size])).float()
+    parts = [model(source.gather(inst[i:i + batch_size], day[i:i + batch_size])).float()
              for i in range(0, len(inst), batch_size)]
     model.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, device=features.device)
+    return torch.cat(parts) if parts else torch.zeros(0, device=source.device)
 
 
 def _valid_metrics(rows: np.ndarray, panel: ProcessedPanel) -> dict[str, float]:

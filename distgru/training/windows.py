@@ -80,3 +80,55 @@ class WindowIndex:
     def gather(self, features: torch.Tensor, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
         """[B, T, F] windows from ``features`` [N, D, F] (same device as the tables)."""
         return features[inst[:, None], self.source_days(inst, day)]
+
+
+def keep_on_device(mode: str, nbytes: int, device: torch.device, free_bytes: int | None = None) -> bool:
+    """Whether a panel of ``nbytes`` stays on ``device`` (``resources.panel_on_device``).
+
+    ``auto``: a CPU device's memory is host memory, so always; a GPU when the panel takes at most half of its
+    free memory (``free_bytes``; default: what CUDA reports), leaving the rest to the model and batches.
+    """
+    if mode != "auto":
+        return mode == "always"
+    if device.type != "cuda":
+        return True
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return nbytes <= free_bytes // 2
+
+
+@dataclass(frozen=True)
+class WindowSource:
+    """Batches of windows delivered on ``device``: cut there from a resident panel, or cut in host memory from a
+    panel too large for the device and streamed to it batch by batch."""
+
+    features: torch.Tensor
+    """[N, D, F] on ``device`` (resident) or on the host (streamed; pinned when the device is a GPU)."""
+    index: WindowIndex
+    """On the same device as ``features``."""
+    device: torch.device
+    streamed: bool
+    """Windows are cut in host memory and copied to ``device`` batch by batch."""
+
+    @classmethod
+    def place(cls, features: np.ndarray, avail: np.ndarray, step_len: int, device: torch.device | str,
+              mode: str = "auto") -> WindowSource:
+        device = torch.device(device)
+        resident = keep_on_device(mode, features.nbytes, device)
+        home = device if resident else torch.device("cpu")
+        panel = torch.from_numpy(features)
+        if resident:
+            panel = panel.to(device)
+        elif device.type == "cuda":
+            panel = panel.pin_memory()  # page-locked: host→device copies run at full bus speed
+        return cls(panel, WindowIndex.build(avail, step_len, home), device, streamed=not resident)
+
+    def gather(self, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """[B, T, F] windows of the samples (inst, day), on ``device``."""
+        if not self.streamed:
+            return self.index.gather(self.features, inst, day)
+        home = self.features.device
+        batch = self.index.gather(self.features, inst.to(home), day.to(home))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)

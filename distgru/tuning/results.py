@@ -110,7 +110,8 @@ def _segment_frame(cfg: Config, panel: Any, weights: dict[str, torch.Tensor], se
     model.load_state_dict(weights)
     device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
     inst, day = segment_samples(panel)[segment]
-    score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device)
+    score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device,
+                    cfg.resources.panel_on_device)
     return prediction_frame(panel, inst, day, score)
 
 
