@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from distgru.commands.train import finish_run
 from distgru.config import ConfigError
+from distgru.training.capacity import autoscaler_ceiling, check_resources
 from distgru.training.checkpoint import load_best
 from distgru.training.loop import predict
-from distgru.training.ray_train import FAIL_ENV, check_data, check_resources, run_training, segment_samples
+from distgru.training.ray_train import FAIL_ENV, check_data, run_training, segment_samples
 from distgru.training.rundir import PREDICTIONS_FILE, RunResult, create_run_dir, read_metrics, read_result
 from tests.ray_fixtures import ray_runtime, tiny_config, tiny_panel, tiny_state  # noqa: F401
 
@@ -115,4 +117,24 @@ def test_resource_preflight() -> None:
         check_resources(type(res)(num_workers=1, use_gpu=True), {"CPU": 8.0})
     with pytest.raises(ConfigError, match=r"resources\.num_workers: 4 workers .* GPUs"):
         check_resources(type(res)(num_workers=4, use_gpu=True), {"CPU": 8.0, "GPU": 2.0})
-    check_resources(type(res)(num_workers=64), {"CPU": 2.0}, autoscaling=True)  # the autoscaler may add nodes
+    check_resources(type(res)(num_workers=64), {"CPU": 2.0}, autoscaling=True)  # ceiling unknown: not checked
+
+
+def test_autoscaler_ceiling_from_the_bootstrap_config(tmp_path) -> None:
+    config = {"max_workers": 5, "head_node_type": "head", "available_node_types": {
+        "head": {"resources": {"CPU": 4}},
+        "gpu": {"max_workers": 4, "resources": {"CPU": 8, "GPU": 1}},
+        "big_cpu": {"max_workers": 3, "resources": {"CPU": 32}}}}
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    # GPUs: the 4 GPU nodes; CPUs: 3 × 32 + 2 × 8 (5 nodes at most) + the head's 4.
+    assert autoscaler_ceiling(path) == {"CPU": 116.0, "GPU": 4.0}
+    res = tiny_config("unused").resources
+    check_resources(type(res)(num_workers=4, use_gpu=True), {"CPU": 4.0}, True, autoscaler_ceiling(path))
+    with pytest.raises(ConfigError, match=r"need 5 GPUs; its autoscaler can reach at most 4"):
+        check_resources(type(res)(num_workers=5, use_gpu=True), {"CPU": 4.0}, True, autoscaler_ceiling(path))
+    with pytest.raises(ConfigError, match=r"need 200 CPUs; its autoscaler can reach at most 116"):
+        check_resources(type(res)(num_workers=200), {"CPU": 4.0}, True, autoscaler_ceiling(path))
+    # The shipped AWS config leaves worker resources to instance-type detection: the ceiling is unknown.
+    assert autoscaler_ceiling(Path(__file__).parents[1] / "cluster" / "aws-gpu.yaml") is None
+    assert autoscaler_ceiling(tmp_path / "missing.yaml") is None

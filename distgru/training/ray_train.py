@@ -31,6 +31,7 @@ import torch
 from distgru.config import Config, ConfigError, ResourcesConfig, config_from_dict, to_dict
 from distgru.features.table import ProcessedPanel
 from distgru.processing.processors import ProcessorState
+from distgru.training.capacity import autoscaler_ceiling, autoscaling, check_resources
 from distgru.training.checkpoint import load_state, save_best, state_checkpoint
 from distgru.training.loop import SampleShard, train_loop, window_len
 from distgru.training.reweight import sample_weights
@@ -91,47 +92,13 @@ def check_data(cfg: Config, panel: ProcessedPanel) -> Samples:
     return samples
 
 
-def _autoscaling() -> bool:
-    """Whether an autoscaler may add nodes; its node-type maxima are not exposed to drivers in Ray 2.60, so the
-    resource ceiling is then unknown."""
-    try:
-        from ray._private import ray_constants
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        if is_autoscaler_v2():
-            return True
-        # Every Ray head runs the v1 monitor; without a cluster config it reports itself "legacy" (read-only).
-        status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        return bool(status) and not json.loads(status)["autoscaler_report"].get("legacy", False)
-    except Exception:  # private API: any change in it means "no autoscaler known"
-        return False
-
-
-def check_resources(res: ResourcesConfig, cluster: dict[str, float], autoscaling: bool = False) -> None:
-    """Fail before any worker starts when the cluster can never host the worker group."""
-    if autoscaling:
-        return
-    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    if res.use_gpu and gpus == 0:
-        raise ConfigError("resources.use_gpu: true, but the Ray cluster has no GPU; drop --gpu or attach to a "
-                          "cluster with GPUs (resources.address)")
-    need_cpu = res.num_workers * res.cpus_per_worker
-    if need_cpu > cpus:
-        raise ConfigError(f"resources.num_workers: {res.num_workers} workers × {res.cpus_per_worker} CPUs "
-                          f"(resources.cpus_per_worker) need {need_cpu:g} CPUs; the Ray cluster has {cpus:g}")
-    if res.use_gpu and res.num_workers * res.gpus_per_worker > gpus:
-        raise ConfigError(f"resources.num_workers: {res.num_workers} workers × {res.gpus_per_worker} GPUs "
-                          f"(resources.gpus_per_worker) need {res.num_workers * res.gpus_per_worker:g} GPUs; "
-                          f"the Ray cluster has {gpus:g}")
-
-
 def preflight(cfg: Config, panel: ProcessedPanel) -> Samples:
     """Every check that can fail before a worker starts: the data's, then the connected cluster's resources."""
     import ray
 
     samples = check_data(cfg, panel)
-    check_resources(cfg.resources, ray.cluster_resources(), _autoscaling())
+    scaling = autoscaling()
+    check_resources(cfg.resources, ray.cluster_resources(), scaling, autoscaler_ceiling() if scaling else None)
     return samples
 
 
