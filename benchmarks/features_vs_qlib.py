@@ -37,10 +37,13 @@ QLIB_PY = "/work/qlib-venv/bin/python"
 
 def _child(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    from distgru.data.panel import REQUIRED_FIELDS
     from distgru.data.qlib_provider import load_qlib_provider
-    from distgru.features.compute import feature_frame
+    from distgru.features.compute import feature_frame, referenced_fields
     t1 = time.perf_counter()
-    panel = load_qlib_provider(args.provider, market="csi300", benchmark=None)
+    # Only the fields the expressions read, as qlib's provider loads them (here: no factor/change files).
+    extra = tuple(sorted(referenced_fields("alpha158") - set(REQUIRED_FIELDS)))
+    panel = load_qlib_provider(args.provider, market="csi300", benchmark=None, fields=extra, missing_fields_ok=True)
     t2 = time.perf_counter()
     # D.features' own frame: (instrument, datetime) rows of the members, float32 columns.
     frame = feature_frame(panel, "alpha158", start=args.start, end=args.end, order="instrument")

@@ -168,6 +168,10 @@ def test_provider_missing_dir_market_and_fields(provider: Path, tmp_path: Path) 
         load_qlib_provider(tmp_path / "nowhere")
     with pytest.raises(DataError, match=r"csi500\.txt: market file missing; available markets: \['csi300'\]"):
         load_qlib_provider(provider, market="csi500")
+    with pytest.raises(DataError, match=r"no instrument has field\(s\) \['vwap'\]; available: \['close', 'factor'"):
+        load_qlib_provider(provider, fields=("vwap", "factor"))
+    only = load_qlib_provider(provider, fields=("vwap", "factor"), missing_fields_ok=True)
+    assert set(only.fields) == {"open", "high", "low", "close", "volume", "factor"}  # vwap: absent, left out
     (provider / "features" / "sz000001" / "volume.day.bin").unlink()
     with pytest.warns(DataWarning) as record:
         panel = load_qlib_provider(provider)

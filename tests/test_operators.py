@@ -186,6 +186,9 @@ def test_rolling_ops_match_pandas(x, w):
     q80, q20 = ops.rolling_quantiles(xs, w, [0.8, 0.2])
     np.testing.assert_allclose(q80[0], r.quantile(0.8), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(q20[0], r.quantile(0.2), rtol=1e-9, atol=1e-9)
+    (s80, s20), rank = ops.rolling_order_stats(xs, w, [0.8, 0.2], rank=True)  # one sorted window for all three
+    for shared, alone in ((s80, q80), (s20, q20), (rank, ops.rolling_rank(xs, w))):
+        np.testing.assert_array_equal(shared, alone)
 
 
 # Offsets and outliers that make pandas' variance and correlation kernels re-anchor or recompute a window.

@@ -20,7 +20,8 @@ from pathlib import Path
 from distgru.config import ConfigError, DataConfig
 from distgru.config.schema import DEFAULT_LABEL
 from distgru.data.load import load_bars
-from distgru.features.compute import feature_frame
+from distgru.data.panel import REQUIRED_FIELDS
+from distgru.features.compute import feature_frame, referenced_fields
 from distgru.processing.pipeline import check_features, features_for
 
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         data = DataConfig(source=suffix[1:], path=args.data, **common)
     else:
         data = DataConfig(source="synthetic", **common)
-    bars = load_bars(data)  # the whole history: look-back before --start, label days after --end
+    extra = tuple(sorted(referenced_fields(args.features, args.columns, args.label) - set(REQUIRED_FIELDS)))
+    bars = load_bars(data, fields=extra)  # the whole history: look-back before --start, label days after --end
     # --start is qlib's query start: each expression's series begins at --start minus its look-back, as in
     # D.features, so values match qlib's to the bit (and the cache key includes it).
     if args.cache_dir:

@@ -20,8 +20,12 @@ def _within_bars(panel: BarPanel) -> np.ndarray:
     return seen & until
 
 
-def load_bars(cfg: DataConfig) -> BarPanel:
+def load_bars(cfg: DataConfig, fields: tuple[str, ...] | None = None) -> BarPanel:
     """Bars of ``cfg.source`` over the whole history to the end of the data.
+
+    ``fields``: optional fields to read besides open/high/low/close/volume from a qlib provider (default: all it
+    has; named ones it lacks are left out); a caller that only computes features passes the ones its expressions
+    use, as qlib reads only those.
 
     ``cfg.start``/``cfg.end`` are deliberately not applied here: look-back windows need the days before the start
     and labels the days after the end (qlib extends its query both ways); the pipeline cuts to the range after
@@ -43,7 +47,8 @@ def load_bars(cfg: DataConfig) -> BarPanel:
 
         assert cfg.provider is not None  # DataConfig checks it
         panel = load_qlib_provider(cfg.provider, market=cfg.market, instruments=cfg.instruments,
-                                   benchmark=cfg.benchmark, zero_volume_as_missing=cfg.zero_volume_as_missing)
+                                   benchmark=cfg.benchmark, fields=fields, missing_fields_ok=True,
+                                   zero_volume_as_missing=cfg.zero_volume_as_missing)
     else:
         from distgru.data.tabular import load_long_table
 

@@ -145,6 +145,7 @@ def load_qlib_provider(
     benchmark: str | None = "SH000300",
     fields: tuple[str, ...] | None = None,
     zero_volume_as_missing: bool = False,
+    missing_fields_ok: bool = False,
 ) -> BarPanel:
     """Daily bars of a qlib provider directory as a :class:`BarPanel`.
 
@@ -160,7 +161,9 @@ def load_qlib_provider(
     - ``benchmark``: index symbol whose series go to ``panel.benchmark`` (never an instrument); ``None`` for
       none. A provider without it is an error (pass ``None``) rather than a silently missing benchmark.
     - ``fields``: extra fields beyond open/high/low/close/volume; default: every optional field
-      (factor, vwap, change, weight) any instrument has. Instruments lacking an optional field get NaN.
+      (factor, vwap, change, weight) any instrument has. Instruments lacking an optional field get NaN; a named
+      field no instrument has is an error, or with ``missing_fields_ok`` left out (the feature engine then reads
+      it as NaN, as qlib's VWAP features on its public cn data).
     - ``zero_volume_as_missing``: suspended days stored as flat zero-volume bars become NaN (no bar). Off by
       default for parity with qlib, whose backtest only treats a missing bar as suspended.
 
@@ -213,10 +216,10 @@ def load_qlib_provider(
         extra = [f for f in OPTIONAL_FIELDS if f in present]
     else:
         unknown = [f for f in fields if f not in present]
-        if unknown:
+        if unknown and not missing_fields_ok:
             raise DataError(f"{root / 'features'}: no instrument has field(s) {unknown}; "
                             f"available: {sorted(present)}")
-        extra = [f for f in dict.fromkeys(fields) if f not in REQUIRED_FIELDS]
+        extra = [f for f in dict.fromkeys(fields) if f not in REQUIRED_FIELDS and f in present]
     names = [*REQUIRED_FIELDS, *extra]
 
     arrays = {name: np.full((len(symbols), n_days), np.nan, dtype=np.float32) for name in names}

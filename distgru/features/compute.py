@@ -46,6 +46,13 @@ def feature_definitions(feature_set: str = "alpha158", columns: list[str] | None
     return [(n, e) for n, e in defs if n in keep]
 
 
+def referenced_fields(feature_set: str = "alpha158", columns: list[str] | None = None,
+                      label: str = DEFAULT_LABEL) -> set[str]:
+    """The ``$fields`` the features and the label read (Alpha158: open, high, low, close, volume, vwap)."""
+    nodes = [parse(expr) for _, expr in feature_definitions(feature_set, columns)] + [parse(label)]
+    return set().union(*(node.fields() for node in nodes))
+
+
 def data_range(fields: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Each instrument's first and last day with a bar (start = D, end = -1 when it has none)."""
     has = np.zeros(fields["close"].shape, dtype=bool)

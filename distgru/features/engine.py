@@ -234,17 +234,28 @@ class FrameSink(_Staged, _Targeted):
 
 class ColumnSink(_Targeted):
     """Column-major ``out`` [F + 1, R] (row F: the label) for instrument-major frames, where an instrument's rows
-    are adjacent: each root's values go straight to their rows, no staging."""
+    are adjacent: each root's values go straight to their rows, no staging, as runs of consecutive cells (a
+    membership span is one run), so a column is copied rather than scattered."""
 
     def __init__(self, out: np.ndarray, position: np.ndarray) -> None:
         super().__init__(position)
         self.out = out
+        self.runs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def start(self, block: Block) -> None:
+        super().start(block)
+        src, dest = self.targets[id(block)]
+        cut = np.flatnonzero((np.diff(src) != 1) | (np.diff(dest) != 1)) + 1
+        first = np.concatenate([[0], cut]).astype(np.int64)
+        length = np.diff(np.concatenate([first, [len(src)]])).astype(np.int64)
+        with self.lock:
+            self.runs[id(block)] = (src[first], dest[first], length)
 
     def put(self, block: Block, root: int, value: np.ndarray) -> None:
-        src, dest = self.targets[id(block)]
         if _kernels is not None and value.flags.c_contiguous:
-            _kernels.scatter(value, src, self.out[root], dest)
+            _kernels.copy_runs(value, *self.runs[id(block)], self.out[root])
         else:
+            src, dest = self.targets[id(block)]
             self.out[root, dest] = np.ravel(value)[src]
 
 

@@ -224,12 +224,15 @@ class Evaluator:
         return results
 
     def _apply_group(self, members: list[Node], inputs: dict[str, Value]) -> dict[str, Value]:
-        """Siblings sharing (input, window): Quantile levels from one sort, Slope/Rsquare/Resi from one pass."""
+        """Siblings sharing (input, window): Quantile levels and Rank from one sorted window, Slope/Rsquare/Resi
+        from one pass."""
         first = members[0]
         x, w = _array(inputs[first.args[0].key]), ops.check_window(first.params[0], first.op)
-        if first.op == "Quantile":
-            vals = ops.rolling_quantiles(x, w, [float(m.params[1]) for m in members])
-            return {m.key: v for m, v in zip(members, vals, strict=True)}
+        if first.op in _ORDER:
+            levels = [m for m in members if m.op == "Quantile"]
+            ranked = [m for m in members if m.op == "Rank"]
+            vals, rank = ops.rolling_order_stats(x, w, [float(m.params[1]) for m in levels], bool(ranked))
+            return {**{m.key: v for m, v in zip(levels, vals, strict=True)}, **{m.key: rank for m in ranked}}
         # Only Rsquare has a second input, Std(x, w).
         std = next((_array(inputs[_inputs(m)[1].key]) for m in members if m.op == "Rsquare"), None)
         res = ops.rolling_regression(x, w, [_REGRESSION[m.op] for m in members], std=std)
@@ -274,8 +277,8 @@ def _unique(nodes: list[Node]) -> list[Node]:
 
 
 def _group_key(node: Node) -> tuple[str, ...]:
-    if node.op == "Quantile":
-        return ("Quantile", node.args[0].key, repr(node.params[0]))
+    if node.op in _ORDER:
+        return ("Order", node.args[0].key, repr(node.params[0]))
     if node.op in _REGRESSION:
         return ("Regression", node.args[0].key, repr(node.params[0]))
     return (node.key,)
@@ -291,6 +294,8 @@ _ELEMENTWISE: dict[str, Callable[..., Value]] = {
     "Neg": np.negative, "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide,
     "Greater": ops.greater, "Less": ops.less, "Log": np.log, "Abs": np.abs,
 }
+
+_ORDER = ("Quantile", "Rank")
 
 _WINDOWED: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "Mean": ops.rolling_mean, "Sum": ops.rolling_sum, "Std": ops.rolling_std, "Max": ops.rolling_max,

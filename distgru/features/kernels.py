@@ -65,11 +65,13 @@ def take_column(value, src, stage, k):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def scatter(value, src, column, dest):  # pragma: no cover - compiled
-    """column[dest] = value.ravel()[src]."""
+def copy_runs(value, src, dest, length, column):  # pragma: no cover - compiled
+    """column[dest[k]:dest[k] + length[k]] = value.ravel()[src[k]:src[k] + length[k]] for each run k."""
     flat = value.ravel()
-    for i in range(src.shape[0]):
-        column[dest[i]] = flat[src[i]]
+    for k in range(src.shape[0]):
+        a, b = src[k], dest[k]
+        for i in range(length[k]):
+            column[b + i] = flat[a + i]
 
 
 @njit(cache=True, nogil=True)
@@ -82,8 +84,9 @@ def put_rows(out, dest, first_col, stage, n_cols):  # pragma: no cover - compile
 
 
 @njit(cache=True, nogil=True)
-def roll_quantiles(x, w, qs, out):  # pragma: no cover - compiled
-    """Linear-interpolated rolling quantiles of the finite values, levels ``qs``, into ``out[k]``."""
+def roll_order_stats(x, w, qs, out, want_rank, rank):  # pragma: no cover - compiled
+    """Linear-interpolated rolling quantiles of the finite values, levels ``qs``, into ``out[k]``, and with
+    ``want_rank`` each day's percentile rank (average ties) among them into ``rank``, from one sorted window."""
     n, d = x.shape
     buf = np.empty(w)
     for r in range(n):
@@ -106,6 +109,17 @@ def roll_quantiles(x, w, qs, out):  # pragma: no cover - compiled
                     k -= 1
                 buf[k] = val
                 m += 1
+            if want_rank:
+                if not np.isfinite(val):
+                    rank[r, i] = np.nan
+                else:
+                    below = 0
+                    while buf[below] < val:
+                        below += 1
+                    equal = 0
+                    while below + equal < m and buf[below + equal] == val:
+                        equal += 1
+                    rank[r, i] = (below + (equal + 1) / 2.0) / m
             for qi in range(qs.shape[0]):
                 if m == 0:
                     out[qi, r, i] = np.nan

@@ -338,9 +338,24 @@ def rolling_quantiles(x: np.ndarray, w: int, qs: Sequence[float]) -> list[np.nda
             raise ValueError(f"Quantile: level must be in [0, 1], got {q}")
     if _kernels is not None:
         out = np.empty((len(qs), *np.shape(x)))
-        _kernels.roll_quantiles(_float(x), w, np.asarray(qs, dtype=np.float64), out)
+        _kernels.roll_order_stats(_float(x), w, np.asarray(qs, dtype=np.float64), out, False, out[:0, 0])
         return list(out)
     return _fallback.rolling_quantiles(x, w, qs)
+
+
+def rolling_order_stats(x: np.ndarray, w: int, qs: Sequence[float], rank: bool
+                        ) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Quantiles at levels ``qs`` and (``rank``) the percentile rank of one input and window: one sorted window
+    serves all of them (Alpha158's QTLU/QTLD/RANK share ``$close`` and the window)."""
+    if _kernels is None or not rank:
+        return (rolling_quantiles(x, w, qs) if qs else []), (rolling_rank(x, w) if rank else None)
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"Quantile: level must be in [0, 1], got {q}")
+    out = np.empty((len(qs), *np.shape(x)))
+    ranks = np.empty(np.shape(x))
+    _kernels.roll_order_stats(_float(x), w, np.asarray(qs, dtype=np.float64), out, True, ranks)
+    return list(out), ranks
 
 
 def rolling_rank(x: np.ndarray, w: int) -> np.ndarray:
