@@ -118,32 +118,58 @@ def _remove_var(v, nobs, mean, ssq, comp, unstable):  # pragma: no cover - compi
     return nobs, mean, new_ssq, comp, unstable or ssq * _INV_COND_TOL > new_ssq
 
 
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _var_afresh(x, r, lo, t):  # pragma: no cover - compiled
+    """pandas' recompute of a window from scratch: (nobs, mean, ssq, compensation of adds)."""
+    nobs = mean = ssq = comp = 0.0
+    unstable = False
+    for j in range(lo, t + 1):
+        nobs, mean, ssq, comp, unstable = _add_var(_read(x, r, j), nobs, mean, ssq, comp, unstable)
+    return nobs, mean, ssq, comp
+
+
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _std(nobs, ssq):  # pragma: no cover - compiled
+    """ddof=1 variance, then pandas' zsqrt (a negative rounding residue reads as 0)."""
+    if nobs <= 1.0:
+        return np.nan
+    var = ssq / (nobs - 1.0)
+    return np.sqrt(var) if var >= 0 else (0.0 if var < 0 else np.nan)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def roll_std(x, w, out):  # pragma: no cover - compiled
-    """Sample standard deviation (ddof=1): pandas' roll_var, then its zsqrt (negative residue reads as 0)."""
+    """Sample standard deviation (ddof=1): pandas' roll_var, then its zsqrt.
+
+    Two instruments advance together (rows r and s, the same row when the count is odd): each update waits on
+    two divisions of the previous one, and interleaving two independent chains measured 1.7x faster. The state
+    is kept in plain scalars; as tuples the same code compiled several times slower.
+    """
     n, d = x.shape
-    for r in range(n):
-        nobs = mean = ssq = comp_add = comp_rem = 0.0
-        unstable = False
+    for r in range(0, n, 2):
+        s = min(r + 1, n - 1)
+        nr = mr = qr = ar = br = 0.0
+        ns = ms = qs = as_ = bs = 0.0
+        ur = us = False
         for t in range(d):
             lo = max(0, t - w + 1)
             recompute = t == 0 or lo >= t  # the first window, or one disjoint from the last (w == 1)
             if not recompute:
                 if t >= w:
-                    nobs, mean, ssq, comp_rem, unstable = _remove_var(_read(x, r, t - w), nobs, mean, ssq,
-                                                                      comp_rem, unstable)
-                nobs, mean, ssq, comp_add, unstable = _add_var(_read(x, r, t), nobs, mean, ssq, comp_add, unstable)
-            if recompute or unstable:
-                nobs = mean = ssq = comp_add = comp_rem = 0.0
-                for j in range(lo, t + 1):
-                    nobs, mean, ssq, comp_add, unstable = _add_var(_read(x, r, j), nobs, mean, ssq, comp_add,
-                                                                   unstable)
-                unstable = False
-            if nobs > 1.0:
-                var = ssq / (nobs - 1.0)
-                out[r, t] = np.sqrt(var) if var >= 0 else (0.0 if var < 0 else np.nan)
-            else:
-                out[r, t] = np.nan
+                    nr, mr, qr, br, ur = _remove_var(_read(x, r, t - w), nr, mr, qr, br, ur)
+                    ns, ms, qs, bs, us = _remove_var(_read(x, s, t - w), ns, ms, qs, bs, us)
+                nr, mr, qr, ar, ur = _add_var(_read(x, r, t), nr, mr, qr, ar, ur)
+                ns, ms, qs, as_, us = _add_var(_read(x, s, t), ns, ms, qs, as_, us)
+            if recompute or ur:
+                nr, mr, qr, ar = _var_afresh(x, r, lo, t)
+                br = 0.0
+                ur = False
+            if recompute or us:
+                ns, ms, qs, as_ = _var_afresh(x, s, lo, t)
+                bs = 0.0
+                us = False
+            out[r, t] = _std(nr, qr)
+            out[s, t] = _std(ns, qs)
 
 
 # pandas' MaxOriginMagnitude: the largest value the correlation accumulators anchor on.
