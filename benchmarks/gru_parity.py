@@ -84,6 +84,15 @@ def table(args: argparse.Namespace) -> None:
         per_epoch = np.median([r.get("s_per_epoch", np.nan) for r in rows])
         print(f"| {name} | {len(rows)} | " + " | ".join(_mean_std(rows, k) for k in METRICS)
               + f" | {epochs:.1f} | {per_epoch:.1f} |")
+    # The parity criterion: the GRU with qlib's settings (metric loss) on each side, means over seeds.
+    for protocol in PROTOCOLS:
+        ours = groups.get(f"distgru gru (metric loss, {protocol})")
+        theirs = groups.get(f"qlib gru ({protocol})")
+        if ours and theirs:
+            deltas = {k: np.mean([r[k] for r in ours]) - np.mean([r[k] for r in theirs]) for k in ("IC", "RankIC")}
+            verdict = "met" if all(abs(v) <= 0.005 for v in deltas.values()) else "NOT met"
+            print(f"\n{protocol}: distgru − qlib mean IC {deltas['IC']:+.4f}, mean RankIC {deltas['RankIC']:+.4f} "
+                  f"({len(ours)} vs {len(theirs)} seeds; criterion |Δ| ≤ 0.005: {verdict})")
 
 
 def main() -> None:
