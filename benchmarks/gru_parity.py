@@ -66,7 +66,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
 
 def _mean_std(rows: list[dict], key: str) -> str:
     values = np.array([r[key] for r in rows], dtype=float)
-    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
 def table(args: argparse.Namespace) -> None:

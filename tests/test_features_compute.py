@@ -100,6 +100,10 @@ def test_days_outside_an_instruments_bars_are_nan_and_membership_is_carried():
     assert np.isnan(table.values[1, :30]).all() and np.isfinite(table.values[1, 30:, 0]).all()
     assert np.isnan(table.values[2, -10:]).all() and np.isnan(table.label[2, -10:]).all()
     assert table.values[1, 30, 1] == pytest.approx(1 / 5)  # the first bar's window holds only itself
+    # qlib's series starts at the first bar: CNTP5's mean covers days 30..31 only, not 27..31 with the days
+    # before listing as zeros (comparisons are 0, never NaN, so they would count).
+    c = panel.fields["close"][1]
+    assert table.names[2] == "CNTP5" and table.values[1, 31, 2] == pytest.approx(float(c[31] > c[30]) / 2)
     assert table.membership is panel.membership
 
 
