@@ -107,7 +107,7 @@ def compute_features(panel: BarPanel, feature_set: str = "alpha158", columns: li
     first = _query_start(panel, start)
     values = np.full((n, d, len(defs)), np.nan, dtype=np.float32)
     labels = np.full((n, d), np.nan, dtype=np.float32)
-    _evaluate(fields, defs, nodes, first, data_range(fields)[1], TableSink(values, labels, first), feature_set,
+    _evaluate(fields, defs, nodes, first, *data_range(fields), TableSink(values, labels, first), feature_set,
               progress, workers)
     return FeatureTable(calendar=panel.calendar, instruments=panel.instruments, names=tuple(n for n, _ in defs),
                         values=values, label=labels, membership=panel.membership)
@@ -157,7 +157,7 @@ def feature_frame(panel: BarPanel, feature_set: str = "alpha158", columns: list[
         out[:, uncovered] = np.nan
         sink = ColumnSink(out, position)
         data = out.T
-    _evaluate(fields, defs, nodes, first, end_day, sink, feature_set, progress, workers)
+    _evaluate(fields, defs, nodes, first, lo_day, end_day, sink, feature_set, progress, workers)
     frame = pd.DataFrame(data, columns=names, copy=False)
     days, symbols = panel.calendar, pd.Index(panel.instruments)
     if order == "datetime":
@@ -170,19 +170,19 @@ def feature_frame(panel: BarPanel, feature_set: str = "alpha158", columns: list[
 
 
 def _evaluate(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes: list[Node], first: int,
-              end_day: np.ndarray, sink: Sink, feature_set: str, progress: bool, workers: int | None) -> None:
+              first_bar: np.ndarray, end_day: np.ndarray, sink: Sink, feature_set: str, progress: bool,
+              workers: int | None) -> None:
     """Every root (the features, then the label as root ``len(defs)``) on every instrument's days up to
-    ``end_day``, block by block on ``workers`` threads, into ``sink``.
+    ``end_day`` (at most its last bar), block by block on ``workers`` threads, into ``sink``.
 
     Roots are grouped by the calendar day their series starts on, ``max(0, first - extended window)`` (qlib's
     query-start rule); an instrument's series starts there or at its first bar, whichever is later.
     """
-    lo_day, hi_day = data_range(fields)
     plan: dict[int, list[int]] = {}
     for j, node in enumerate(nodes):
         plan.setdefault(max(0, first - extended_window(node)[0]), []).append(j)
     work = [(q, block) for q, members in sorted(plan.items())
-            for block in pack(np.maximum(lo_day, q), np.minimum(end_day, hi_day))]
+            for block in pack(np.maximum(first_bar, q), end_day)]
     group_name = FEATURE_SETS[feature_set][1]
     t0 = time.perf_counter()
     done = [0]
