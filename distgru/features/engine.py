@@ -47,11 +47,16 @@ class Block:
     width: int
     """Columns of the block: the longest row."""
 
+    def cells(self, n_days: int) -> tuple[np.ndarray, np.ndarray]:
+        """(calendar day of each cell [rows, width], clamped into ``n_days``; whether the cell is inside its
+        row's length rather than padding)."""
+        days = self.begin[:, None] + np.arange(self.width)
+        np.minimum(days, n_days - 1, out=days)
+        return days, np.arange(self.width) < self.length[:, None]
+
     def gather(self, series: np.ndarray) -> np.ndarray:
         """float32 [rows, width] of a panel array ``series`` [N, D], NaN after each row's length."""
-        days = self.begin[:, None] + np.arange(self.width)
-        inside = np.arange(self.width) < self.length[:, None]
-        np.minimum(days, series.shape[1] - 1, out=days)
+        days, inside = self.cells(series.shape[1])
         out = series[self.rows[:, None], days].astype(np.float32, copy=False)
         out[~inside] = np.nan
         return out
@@ -95,17 +100,16 @@ class _Staged(Sink):
     def _state(self) -> threading.local:
         if not hasattr(self.local, "pending"):
             self.local.pending = []
-            self.local.buffers = {}
+            self.local.stage = np.empty(0, dtype=np.float32)
         return self.local
 
     def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread float32 staging buffer, reused across blocks (no page faults after the first)."""
         state = self._state()
         size = int(np.prod(shape))
-        buf = state.buffers.get("stage")
-        if buf is None or buf.size < size:
-            buf = state.buffers["stage"] = np.empty(size, dtype=np.float32)
-        return buf[:size].reshape(shape)
+        if state.stage.size < size:
+            state.stage = np.empty(size, dtype=np.float32)
+        return state.stage[:size].reshape(shape)
 
     def put(self, block: Block, root: int, value: np.ndarray) -> None:
         state = self._state()
@@ -178,9 +182,7 @@ class TableSink(_Staged):
 
 def _targets(block: Block, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(flat cells of the block, their output rows) of the cells ``position`` [N, D] gives a row (>= 0)."""
-    days = block.begin[:, None] + np.arange(block.width)
-    inside = np.arange(block.width) < block.length[:, None]
-    np.minimum(days, position.shape[1] - 1, out=days)
+    days, inside = block.cells(position.shape[1])
     dest = np.where(inside, position[block.rows[:, None], days], -1).ravel()
     src = np.flatnonzero(dest >= 0)
     return src, dest[src]
