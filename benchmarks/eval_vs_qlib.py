@@ -67,7 +67,7 @@ def main() -> int:
     from distgru.data.qlib_provider import load_qlib_provider
     from distgru.evaluation.backtest import excess_returns, portfolio_metrics, run_backtest
     from distgru.evaluation.evaluate import write_qlib_pickles
-    from distgru.evaluation.metrics import daily_table, summarise
+    from distgru.metrics import daily_table, summarise
 
     t0 = time.perf_counter()
     panel = load_qlib_provider(args.provider, market="csi300", benchmark="SH000300")

@@ -50,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"distgru {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before a run directory existed (a run's own Ctrl-C ends as RunStopped)
+        print(f"distgru {args.command}: interrupted before any run state was written; nothing to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        from distgru.training.lifecycle import RunStopped
+
+        if not isinstance(e, RunStopped):
+            raise
+        return e.exit_code  # its message is on stderr already
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 
 from distgru.config import Config, config_from_dict
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 from distgru.processing.processors import ProcessorState
-from distgru.training.rundir import RunResult, collect_provenance
+from distgru.training.result import RunResult, collect_provenance
 
 N_INST, N_DAYS, N_FEAT, STEP = 64, 110, 3, 5
 SEGMENTS = {"train": (10, 70), "valid": (70, 90), "test": (90, 110)}

@@ -126,8 +126,8 @@ def _mutate(root: Path, case: str) -> str:
         cal.write_text("2020-01-02\n2020-01-06\n2020-01-03\n")
         return r"day\.txt:3: 2020-01-03 is a out of order \(after 2020-01-06\)"
     if case == "duplicate":
-        cal.write_text("2020-01-02\n\n2020-01-02\n")
-        return r"day\.txt:3: 2020-01-02 is a duplicate"
+        cal.write_text("2020-01-02\n2020-01-02\n\n")  # a trailing blank line is harmless
+        return r"day\.txt:2: 2020-01-02 is a duplicate"
     if case == "past calendar":
         write_bin(root, "SH600000", "close", 3, [1, 2, 3, 4])
         return r"sh600000/close\.day\.bin: 4 values from calendar index 3 run to index 6.*has 6 days"

@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from test_loop import tiny_config, tiny_panel
 
 from distgru.config.schema import Config, ModelConfig
-from distgru.features.table import ProcessedPanel
 from distgru.models import build_model
+from distgru.processing.panel import ProcessedPanel
 from distgru.training.loop import SampleShard, make_shard, train_loop
 from distgru.training.losses import batch_loss, qlib_mse
 from distgru.training.parallel import all_gather_rows, wrap_model
@@ -61,7 +61,7 @@ def task(rank: int, out: Path) -> None:
     torch.save({"gathered": gathered, "grad_errors": errors, "uneven": uneven_reports,
                 "metrics": [m for m, _ in reports],
                 "has_state": [s is not None for _, s in reports], "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run}, out / f"rank{rank}.pt")
+                "epochs_run": result.epoch}, out / f"rank{rank}.pt")
 
 
 def ddp_setup() -> tuple[Config, ProcessedPanel]:
@@ -114,8 +114,8 @@ def test_two_ranks_match_one(ranks: list[dict]) -> None:
     single = train_loop(cfg, panel, make_shard(cfg, panel), lambda m, s: None, device=torch.device("cpu"))
     ddp = ranks[0]
     assert abs(ddp["best_epoch"] - single.best_epoch) <= 1
-    ddp_ic = ddp["metrics"][ddp["best_epoch"]]["valid_ic"]
-    single_ic = single.history[single.best_epoch]["valid_ic"]
+    ddp_ic = ddp["metrics"][ddp["best_epoch"] - 1]["valid_ic"]  # epochs count from 1
+    single_ic = single.history[single.best_epoch - 1]["valid_ic"]
     assert abs(ddp_ic - single_ic) < 0.003, (ddp_ic, single_ic)
     assert np.isclose(ddp["metrics"][0]["train_loss"], single.history[0]["train_loss"], rtol=0.1)
 

@@ -23,9 +23,9 @@ from distgru.evaluation.evaluate import (
     TABLE_KEYS,
     evaluate_predictions,
 )
-from distgru.evaluation.metrics import signal_metrics
-from distgru.evaluation.multiseed import aggregate, mean_std_table, parse_seeds, seed_config, write_seeds
-from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, read_result, write_config, write_result
+from distgru.metrics import signal_metrics
+from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, RunDir, read_result, write_config
+from distgru.tuning.seeds import aggregate, mean_std_table, parse_seeds, seed_config, write_seeds
 from tests.ray_fixtures import ray_runtime, sample_result  # noqa: F401
 
 SYNTH = {"n_instruments": 40, "n_days": 160, "seed": 5}
@@ -64,7 +64,7 @@ def test_evaluate_run_dir_end_to_end(tmp_path, capsys) -> None:
     write_config(run_dir / CONFIG_FILE, cfg)
     pred = _predictions(cfg)
     pred.to_parquet(run_dir / PREDICTIONS_FILE, index=False)
-    write_result(run_dir, sample_result(run_dir))
+    RunDir(run_dir).write_result(sample_result(run_dir))
 
     assert main(["evaluate", str(run_dir)]) == 0
     out = capsys.readouterr().out

@@ -88,6 +88,8 @@ def test_cached_second_run_and_errors(provider, tmp_path, capsys):
     second = features(provider, out, "--columns", "KLEN", "--cache-dir", str(cache))
     assert "computing" not in capsys.readouterr().err
     pd.testing.assert_frame_equal(first, second)
+    # The cached path goes through the dense table: the same frame as the direct one.
+    pd.testing.assert_frame_equal(first, features(provider, tmp_path / "direct.parquet", "--columns", "KLEN"))
     assert main(["features", "--provider", str(provider), "--out", str(out), "--columns", "NOPE"]) == 2
     assert "NOPE" in capsys.readouterr().err
     assert main(["features", "--provider", str(tmp_path / "missing"), "--out", str(out)]) == 2

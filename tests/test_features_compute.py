@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from distgru.config import ConfigError
 from distgru.data.panel import BarPanel
 from distgru.features import compute_features, feature_definitions, ops
 from distgru.features.alpha158 import alpha158
@@ -60,7 +61,8 @@ def test_columns_keep_native_order_and_unknown_names_are_an_error():
     assert [n for n, _ in feature_definitions("alpha158", ["RSQR5", "KLEN"])] == ["KLEN", "RSQR5"]
     with pytest.raises(ValueError, match=r"no column\(s\) \['NOPE'\]"):
         feature_definitions("alpha158", ["KLEN", "NOPE"])
-    with pytest.raises(ValueError, match="unknown feature set"):
+    with pytest.raises(ConfigError, match=r"features\.set: 'alpha999' is not a feature set; valid choices: alpha158, "
+                                          "alpha360"):
         feature_definitions("alpha999")
 
 
@@ -104,7 +106,7 @@ def test_days_outside_an_instruments_bars_are_nan_and_membership_is_carried():
     # before listing as zeros (comparisons are 0, never NaN, so they would count).
     c = panel.fields["close"][1]
     assert table.names[2] == "CNTP5" and table.values[1, 31, 2] == pytest.approx(float(c[31] > c[30]) / 2)
-    assert table.membership is panel.membership
+    np.testing.assert_array_equal(table.membership, panel.membership)
 
 
 def test_alpha360_is_history_over_todays_close():

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from distgru.config.schema import Config, DatasetConfig, FeatureConfig, ModelConfig, ReweighterConfig, TrainConfig
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 from distgru.training import loop as loop_module
-from distgru.training.loop import LoopResult, SampleShard, clip_gradients, make_shard, predict, train_loop
+from distgru.training.loop import SampleShard, clip_gradients, make_shard, train_loop
 from distgru.training.losses import batch_loss, qlib_mse, valid_metrics
 from distgru.training.reweight import sample_weights
+from distgru.training.scoring import predict
+from distgru.training.state import EarlyStopping, StateFormatError, TrainState
 from distgru.training.windows import sample_index
 
 
@@ -42,7 +44,7 @@ def tiny_config(**train: object) -> Config:
                   train=TrainConfig(**{**defaults, **train}))
 
 
-def run(cfg: Config, panel: ProcessedPanel, **kwargs: object) -> tuple[LoopResult, list]:
+def run(cfg: Config, panel: ProcessedPanel, **kwargs: object) -> tuple[TrainState, list]:
     reports: list = []
     result = train_loop(cfg, panel, make_shard(cfg, panel), lambda m, s: reports.append((m, s)),
                         device=torch.device("cpu"), **kwargs)
@@ -103,26 +105,42 @@ def test_early_stopping_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop_module, "_valid_metrics", lambda rows, panel: dict.fromkeys(("loss", "ic", "rank_ic"),
                                                                                         next(scores)))
     result, reports = run(tiny_config(n_epochs=10, early_stop=3), tiny_panel(n_inst=12, n_days=60))
-    assert (result.best_epoch, result.epochs_run, result.stopped_early) == (1, 5, True)
+    # Epochs count from 1 everywhere: the second epoch (0.3) is the best, three more without gain stop it.
+    assert (result.best_epoch, result.epoch, result.stopped_early, result.finished) == (2, 5, True, True)
     assert result.best_score == pytest.approx(0.3)
-    assert [m["epoch"] for m, _ in reports] == [0, 1, 2, 3, 4]
-    assert reports[-1][1]["patience"] == 3 and reports[-1][1]["best_epoch"] == 1
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3, 4, 5]
+    assert [m["patience"] for m, _ in reports] == [0, 0, 1, 2, 3]
+    assert [m["stopped_early"] for m, _ in reports] == [False] * 4 + [True]
+    assert reports[-1][1].patience == 3 and reports[-1][1].best_epoch == 2 and reports[-1][1].finished
+    assert not reports[-2][1].finished
 
 
-def test_resume_equals_uninterrupted() -> None:
+def test_early_stopping_rule_by_hand() -> None:
+    stop = EarlyStopping(limit=2, n_epochs=4)
+    assert [stop.update(e, s) for e, s in enumerate([0.5, float("nan"), 0.5], start=1)] == [True, False, False]
+    assert stop.done(3) and stop.stopped_early(3) and stop.best_epoch == 1 and stop.patience_left == 0
+    limit = EarlyStopping(limit=10, n_epochs=2)
+    limit.update(1, 0.1)
+    limit.update(2, 0.2)
+    assert limit.done(2) and not limit.stopped_early(2) and limit.best_epoch == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path) -> None:
     cfg, panel = tiny_config(n_epochs=40, early_stop=3, deterministic=True), tiny_panel()
     full, reports = run(cfg, panel)
-    assert full.stopped_early and full.epochs_run > 5
-    state = reports[2][1]  # interrupt after epoch 2
+    assert full.stopped_early and full.epoch > 5
+    # Interrupt after epoch 3; the state goes through its file (weights_only load) as a checkpoint does.
+    reports[2][1].save(tmp_path)
+    state = TrainState.load(tmp_path)
     resumed, resumed_reports = run(cfg, panel, resume=state)
-    assert resumed_reports[0][0]["epoch"] == 3
-    assert (resumed.best_epoch, resumed.best_score, resumed.epochs_run, resumed.stopped_early) == \
-           (full.best_epoch, full.best_score, full.epochs_run, full.stopped_early)
+    assert resumed_reports[0][0]["epoch"] == 4
+    assert (resumed.best_epoch, resumed.best_score, resumed.epoch, resumed.stopped_early) == \
+           (full.best_epoch, full.best_score, full.epoch, full.stopped_early)
     drop = {"samples_per_s", "epoch_s"}
     assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == \
            [{k: v for k, v in h.items() if k not in drop} for h in full.history]
-    for key, value in full.best_state.items():
-        assert torch.equal(value, resumed.best_state[key]), key
+    for key, value in full.best_model.items():
+        assert torch.equal(value, resumed.best_model[key]), key
     assert full.history[-1]["valid_ic"] > 0.3  # the tiny market is learnable
 
 
@@ -132,10 +150,9 @@ def test_report_state_and_predict() -> None:
     metrics, state = reports[-1]
     assert {"train_loss", "grad_norm", "clip_frac", "valid_score", "valid_ic", "samples_per_s"} <= metrics.keys()
     assert 0.0 <= metrics["clip_frac"] <= 1.0
-    assert set(state) >= {"model", "optimizer", "epoch", "best_score", "best_epoch", "best_state", "patience",
-                          "rng", "history"}
+    assert state.epoch == 2 and state.history[-1] == metrics and state.optimizer["state"]
     model = loop_module.build_model(cfg.model, 5)
-    model.load_state_dict(result.best_state)
+    model.load_state_dict(result.best_model)
     inst, day = sample_index(panel, "test", "infer")
     scores = predict(model, panel, inst, day, 5, 7, "cpu")
     assert scores.shape == inst.shape and np.isfinite(scores).all()
@@ -156,7 +173,7 @@ def test_flat_mode_trains() -> None:
     cfg = Config(features=FeatureConfig(set="alpha360"), model=ModelConfig(d_feat=6, hidden_size=4, input="flat"),
                  train=TrainConfig(n_epochs=2, batch_size=32, metric="loss"))
     result, _ = run(cfg, panel)
-    assert result.epochs_run == 2 and np.isfinite(result.best_score)
+    assert result.epoch == 2 and np.isfinite(result.best_score)
 
 
 class HalfOnMondays:
@@ -220,3 +237,16 @@ def test_auto_placement_keeps_the_panel_on_the_device_while_it_takes_at_most_hal
     assert keep_on_device("auto", 50, gpu, free_bytes=100) and not keep_on_device("auto", 51, gpu, free_bytes=100)
     assert keep_on_device("auto", 10**15, torch.device("cpu"))
     assert not keep_on_device("never", 1, gpu, free_bytes=100) and keep_on_device("always", 10**15, gpu, 0)
+
+
+def test_a_state_of_another_format_is_refused_with_what_to_do(tmp_path) -> None:
+    cfg, panel = tiny_config(n_epochs=1), tiny_panel(n_inst=12, n_days=60)
+    _, reports = run(cfg, panel)
+    payload = reports[-1][1].to_payload()
+    torch.save({**payload, "format_version": 1}, tmp_path / "state.pt")
+    with pytest.raises(StateFormatError, match="format 1.*train again"):
+        TrainState.load(tmp_path)
+    # distgru 0.1's pickled dict (numpy RNG state inside) is refused by weights_only, not executed.
+    torch.save({"epoch": 0, "rng": {"numpy": np.random.get_state()}}, tmp_path / "state.pt")
+    with pytest.raises(StateFormatError, match="not a distgru"):
+        TrainState.load(tmp_path)

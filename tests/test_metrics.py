@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distgru.evaluation.metrics import (
+from distgru.metrics import (
     as_frame,
     daily_ic,
     daily_long_short,

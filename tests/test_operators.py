@@ -214,13 +214,24 @@ def test_compiled_moments_are_pandas_bit_for_bit(x, y, w):
     np.testing.assert_array_equal(unmasked.astype(np.float32), expected.astype(np.float32))
 
 
+def _argext_reference(x: np.ndarray, w: int, start: int, largest: bool) -> np.ndarray:
+    """qlib's IdxMax/IdxMin window by window: ``rolling.apply(np.argmax)`` on the series from ``start`` (pandas
+    reads ±inf as NaN, and numpy's argmax returns the first NaN)."""
+    out = np.full(len(x), np.nan)
+    for t in range(start, len(x)):
+        lo = max(0, t - w + 1, start)
+        win = x[lo:t + 1]
+        bad = ~np.isfinite(win)
+        if not bad.all():
+            out[t] = (np.argmax(bad) if bad.any() else np.argmax(win) if largest else np.argmin(win)) + 1
+    return out
+
+
 @settings(max_examples=60, deadline=None)
 @given(x=wild, w=st.integers(1, 12), start=st.integers(0, 10), largest=st.booleans())
-def test_compiled_idxmax_idxmin_equal_the_numpy_version(x, w, start, largest):
-    from distgru.features import fallback
-    s = np.array([start])
-    np.testing.assert_array_equal(ops.rolling_argext(x[None, :], w, s, largest),
-                                  fallback.rolling_argext(x[None, :], w, s, largest))
+def test_compiled_idxmax_idxmin_match_a_window_by_window_reference(x, w, start, largest):
+    got = ops.rolling_argext(x[None, :], w, np.array([start]), largest)[0]
+    np.testing.assert_array_equal(got, _argext_reference(x, w, start, largest))
 
 
 def _argmax1(a: np.ndarray) -> float:
@@ -283,35 +294,43 @@ def test_extended_window_follows_qlib():
         assert extended_window(parse(text)) == expected, text
 
 
-def _qlib_running_sums(x: np.ndarray, w: int) -> tuple[list[float], list[float], list[float]]:
-    """Σy, Σy², Σ(position·y) by the per-day update of qlib's Cython rolling regression (test transcription)."""
-    y = y2 = xy = 0.0
+def _qlib_regression(x: np.ndarray, w: int) -> np.ndarray:
+    """qlib's Cython Slope, Rsquare (r·r, unmasked) and Resi, transcribed: each day's update of the running sums
+    in its order, then its closed forms. Returns [3, D]."""
+    out = np.full((3, len(x)), np.nan)
     window = [np.nan] * w
-    out_y, out_y2, out_xy = [], [], []
-    for v in x.astype(np.float64):
-        window.append(v)
-        xy = xy - y
-        old = window.pop(0)
-        if not np.isnan(old):
-            y -= old
-            y2 -= old * old
-        if not np.isnan(v):
-            y += v
-            y2 += v * v
-            xy += w * v
-        out_y.append(y), out_y2.append(y2), out_xy.append(xy)
-    return out_y, out_y2, out_xy
+    i_sum = x_sum = x2_sum = y_sum = y2_sum = xy_sum = np.float64(0.0)
+    with np.errstate(all="ignore"):
+        for t, val in enumerate(x.astype(np.float64)):
+            window.append(val)
+            xy_sum = xy_sum - y_sum
+            x2_sum = x2_sum + i_sum - 2 * x_sum
+            x_sum = x_sum - i_sum
+            old = window.pop(0)
+            if not np.isnan(old):
+                i_sum -= 1
+                y_sum -= old
+                y2_sum -= old * old
+            if not np.isnan(val):
+                i_sum += 1
+                x_sum += w
+                x2_sum += w * w
+                y_sum += val
+                y2_sum += val * val
+                xy_sum += w * val
+            n = np.float64(sum(not np.isnan(v) for v in window))
+            num = n * xy_sum - x_sum * y_sum
+            sxx = n * x2_sum - x_sum * x_sum
+            slope = num / sxx
+            r = num / np.sqrt(sxx * (n * y2_sum - y_sum * y_sum))
+            out[:, t] = slope, r * r, val - (slope * w + (y_sum / n - slope * (x_sum / n)))
+    return out
 
 
 @settings(max_examples=40, deadline=None)
 @given(x=values, w=st.integers(1, 8))
-def test_regression_sums_replay_qlibs_rounding(x, w):
-    v = np.where(np.isnan(x), 0.0, x.astype(np.float64))[None, :]
-    f = ops.ref(v, w)
-    f[:, :w] = 0.0
-    y_prev = ops.ref(ops._running(f, v), 1)
-    y_prev[:, 0] = 0.0
-    ey, ey2, exy = _qlib_running_sums(x, w)
-    np.testing.assert_array_equal(ops._running(f, v)[0], ey)
-    np.testing.assert_array_equal(ops._running(f * f, v * v)[0], ey2)
-    np.testing.assert_array_equal(ops._running(y_prev, w * v)[0], exy)
+def test_compiled_regression_replays_qlibs_rounding(x, w):
+    got = ops.rolling_regression(x[None, :], w, ["slope", "rsquare", "resi"], std=np.ones((1, len(x))))
+    expected = _qlib_regression(x, w)
+    for k, name in enumerate(("slope", "rsquare", "resi")):
+        np.testing.assert_array_equal(got[name][0], expected[k], err_msg=name)

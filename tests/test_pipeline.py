@@ -138,7 +138,7 @@ def test_cache_hits_and_invalidation(tmp_path, engine, monkeypatch):
     monkeypatch.setattr(pipeline, "feature_code_version", lambda: "edited")
     prepare()
     assert (engine.calls, len(fits)) == (4, 6)
-    monkeypatch.setattr(pipeline, "processing_code_version", lambda: "edited")
+    monkeypatch.setattr(pipeline, "processing_code_version", lambda processors: "edited")
     prepare()
     assert (engine.calls, len(fits)) == (4, 7)  # processors' code changed: refit, features reused
     assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -6,14 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distgru.config import ConfigError, ProcessorSpec
-from distgru.processing.processors import ProcessorState, fit_processors
+from distgru.config import ConfigError
+from distgru.processing.processors import (
+    CSRankNorm,
+    CSZScoreNorm,
+    DropnaLabel,
+    Fillna,
+    ProcessorState,
+    RobustZScoreNorm,
+    fit_processors,
+)
 
-ROBUST = ProcessorSpec(name="RobustZScoreNorm", clip_outlier=True)
-FILL = ProcessorSpec(name="Fillna")
-DROP = ProcessorSpec(name="DropnaLabel", fields_group="label")
-RANK = ProcessorSpec(name="CSRankNorm", fields_group="label")
-ZSCORE = ProcessorSpec(name="CSZScoreNorm", fields_group="label")
+ROBUST = RobustZScoreNorm(clip_outlier=True)
+FILL = Fillna()
+DROP = DropnaLabel(fields_group="label")
+RANK = CSRankNorm(fields_group="label")
+ZSCORE = CSZScoreNorm(fields_group="label")
 
 
 def run(features, label, membership, fit_days, infer=(ROBUST, FILL), learn=(DROP, RANK)):
@@ -51,8 +59,7 @@ def test_robust_zscore_without_clip_and_fillna_value():
     f, label, member, fit_days = panel_5x2()
     f[0, 1, 0] = np.nan
     state, out = run(f, label, member, fit_days,
-                     infer=[ProcessorSpec(name="RobustZScoreNorm", clip_outlier=False),
-                            ProcessorSpec(name="Fillna", fill_value=-9.0)])
+                     infer=[RobustZScoreNorm(clip_outlier=False), Fillna(fill_value=-9.0)])
     assert out.features[3, 0, 0] == pytest.approx(97.5 / 1.4826, rel=1e-6)
     assert out.features[0, 1, 0] == -9.0
     assert not np.isnan(out.features).any()
@@ -75,7 +82,7 @@ def test_fit_window_and_membership_exclude_other_rows():
 def test_each_processor_is_fitted_on_the_previous_output():
     f, label, member, fit_days = panel_5x2()
     f[1, 0, 0] = np.nan
-    fill_first = [ProcessorSpec(name="Fillna", fill_value=100.0), ROBUST]
+    fill_first = [Fillna(fill_value=100.0), ROBUST]
     state, _ = run(f, label, member, fit_days, infer=fill_first)
     # Fitted after Fillna: [1, 100, 3, 100] → median 51.5, |x − 51.5| = [50.5, 48.5, 48.5, 48.5] → MAD 48.5.
     assert state.infer_stats[1]["median"][0] == 51.5
@@ -128,7 +135,7 @@ def test_cross_sectional_processors_match_pandas():
 
 def test_learn_chain_sees_infer_output():
     f, label, member, fit_days = panel_5x2()
-    infer = [ROBUST, FILL, ProcessorSpec(name="Fillna", fields_group="label", fill_value=0.0)]
+    infer = [ROBUST, FILL, Fillna(fields_group="label", fill_value=0.0)]
     _, out = run(f, label, member, fit_days, infer=infer, learn=[DROP])
     # The label NaN was filled in DK_I, so DropnaLabel on top of it keeps the row.
     assert out.label_infer[1, 1] == 0.0 and out.label_learn[1, 1] == 0.0
@@ -139,7 +146,7 @@ def test_invalid_chains_are_config_errors():
     with pytest.raises(ConfigError, match="learn-only"):
         run(f, label, member, fit_days, infer=[DROP])
     with pytest.raises(ConfigError, match="on features is not supported"):
-        run(f, label, member, fit_days, learn=[ProcessorSpec(name="CSZScoreNorm")])
+        run(f, label, member, fit_days, learn=[CSZScoreNorm()])
 
 
 def test_saved_state_round_trip_gives_identical_output(tmp_path):

@@ -14,13 +14,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from distgru.commands.train import finish_run
 from distgru.config import ConfigError
 from distgru.training.capacity import autoscaler_ceiling, check_resources
 from distgru.training.checkpoint import load_best
-from distgru.training.loop import predict
-from distgru.training.ray_train import FAIL_ENV, check_data, run_training, segment_samples
-from distgru.training.rundir import PREDICTIONS_FILE, RunResult, create_run_dir, read_metrics, read_result
+from distgru.training.finish import finish_run
+from distgru.training.preflight import check_data
+from distgru.training.ray_train import FAIL_ENV, run_training
+from distgru.training.result import RunResult
+from distgru.training.rundir import PREDICTIONS_FILE, RunDir, read_result
+from distgru.training.scoring import predict, segment_samples
 from tests.ray_fixtures import ray_runtime, tiny_config, tiny_panel, tiny_state  # noqa: F401
 
 _FITS: dict[str, tuple[Path, RunResult]] = {}
@@ -30,10 +32,11 @@ def _fit(tmp_path_factory: pytest.TempPathFactory, key: str, *overrides: str) ->
     if key not in _FITS:
         cfg = tiny_config(str(tmp_path_factory.mktemp(key)), *overrides)
         panel = tiny_panel()
-        run_dir = create_run_dir(cfg)
+        run = RunDir.create(cfg)
         t0 = time.perf_counter()
-        outcome = run_training(cfg, panel, tiny_state(), run_dir, progress=False)
-        _FITS[key] = run_dir, finish_run(cfg, panel, outcome, run_dir, started=datetime.now(), t0=t0)
+        final = run_training(cfg, panel, run.path, progress=False)
+        _FITS[key] = run.path, finish_run(cfg, panel, tiny_state(), final, run, started=datetime.now(), t0=t0,
+                                          train_wall_s=time.perf_counter() - t0)
     return _FITS[key]
 
 
@@ -42,8 +45,8 @@ def test_two_workers_end_to_end(ray_runtime, tmp_path_factory) -> None:  # noqa:
     run_dir, result = _fit(tmp_path_factory, "two")
     panel = tiny_panel()
     assert list(run_dir.glob("checkpoint_*/state.pt")), "Ray Train wrote no checkpoint into the run directory"
-    epochs = [row["epoch"] for row in read_metrics(run_dir)]
-    assert epochs == list(range(result.epochs))
+    epochs = [row["epoch"] for row in RunDir(run_dir).read_metrics()]
+    assert epochs == list(range(1, result.epochs + 1))
     assert result.provenance.num_workers == 2 and len(result.provenance.devices) == 2
 
     preds = pd.read_parquet(run_dir / PREDICTIONS_FILE)
@@ -57,7 +60,7 @@ def test_two_workers_end_to_end(ray_runtime, tmp_path_factory) -> None:  # noqa:
 
     # best/ alone reproduces the predictions (what `distgru predict` relies on).
     best = load_best(run_dir)
-    scores = predict(best.model, panel, inst, day, best.meta["step_len"], 256, "cpu")
+    scores = predict(best.model, panel, inst, day, best.meta.window_len, 256, "cpu")
     frame = pd.DataFrame({"datetime": panel.calendar[day], "instrument": np.asarray(panel.instruments)[inst],
                           "s": scores}).sort_values(["datetime", "instrument"])
     np.testing.assert_allclose(frame["s"].to_numpy(), preds["score"].to_numpy(), rtol=1e-5, atol=1e-6)
@@ -75,11 +78,11 @@ def test_one_worker_matches_two(ray_runtime, tmp_path_factory) -> None:  # noqa:
 @pytest.mark.ray
 def test_killed_worker_resumes_exactly(ray_runtime, tmp_path_factory, monkeypatch) -> None:  # noqa: F811
     _, clean = _fit(tmp_path_factory, "two")
-    monkeypatch.setenv(FAIL_ENV, "1:2")  # rank 1 dies at epoch 2, first attempt only
+    monkeypatch.setenv(FAIL_ENV, "1:3")  # rank 1 dies at epoch 3 (after epoch 2's checkpoint), first attempt only
     run_dir, resumed = _fit(tmp_path_factory, "killed", "resources.max_failures=1")
     assert resumed.restarts == 1
-    rows = read_metrics(run_dir)
-    assert [r["epoch"] for r in rows] == list(range(resumed.epochs))
+    rows = RunDir(run_dir).read_metrics()
+    assert [r["epoch"] for r in rows] == list(range(1, resumed.epochs + 1))
     assert any(r["attempt"] == 1 for r in rows)
     assert resumed.best_epoch == clean.best_epoch and resumed.epochs == clean.epochs
     for key in ("IC", "ICIR", "RankIC", "RankICIR"):
@@ -89,12 +92,12 @@ def test_killed_worker_resumes_exactly(ray_runtime, tmp_path_factory, monkeypatc
 @pytest.mark.ray
 def test_too_many_workers_fails_before_any_worker(ray_runtime, tmp_path) -> None:  # noqa: F811
     cfg = tiny_config(str(tmp_path), "resources.num_workers=5")
-    run_dir = create_run_dir(cfg)
+    run = RunDir.create(cfg)
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"resources\.num_workers: 5 workers .* the Ray cluster has 4"):
-        run_training(cfg, tiny_panel(), tiny_state(), run_dir, progress=False)
+        run_training(cfg, tiny_panel(), run.path, progress=False)
     assert time.perf_counter() - t0 < 5
-    assert not list(run_dir.glob("checkpoint_*"))
+    assert not list(run.path.glob("checkpoint_*"))
 
 
 def test_data_preflight_names_the_key(tmp_path) -> None:

@@ -15,8 +15,8 @@ from matplotlib.image import imread
 from distgru.config.schema import BacktestConfig
 from distgru.data.panel import BarPanel
 from distgru.evaluation.backtest import portfolio_metrics, run_backtest
-from distgru.evaluation.metrics import signal_metrics
 from distgru.evaluation.report import Section, format_table, html_table, render_page, write_evaluation_report
+from distgru.metrics import signal_metrics
 
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = ("Signal metrics", "Cumulative IC and Rank IC", "Monthly IC", "Excess return and drawdown",

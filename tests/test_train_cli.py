@@ -14,7 +14,7 @@ from distgru.cli import main
 from distgru.commands.train import metric_table, overrides
 from distgru.config import load_config
 from distgru.config.presets import ALPHA158_20
-from distgru.training.rundir import PREDICTIONS_FILE, read_metrics, read_result
+from distgru.training.rundir import PREDICTIONS_FILE, RunDir, read_result
 from tests.ray_fixtures import ray_runtime, sample_result  # noqa: F401
 
 
@@ -46,7 +46,7 @@ def test_metric_table_lists_both_segments_and_the_oracle(tmp_path) -> None:
     assert lines[0].split() == ["segment", "IC", "ICIR", "RankIC", "RankICIR", "long_short", "hit_rate"]
     assert lines[1].startswith("valid") and "0.1000" in lines[1]
     assert lines[2].startswith("test") and "nan" in lines[2]
-    assert "oracle IC" in text and "0.1100" in text and "best epoch 4 of 9 (early stop" in text
+    assert "oracle IC" in text and "0.1100" in text and "best epoch 3 of 9 (early stop" in text
     assert "1 worker restart(s)" in text
 
 
@@ -71,7 +71,7 @@ def test_train_then_predict_end_to_end(ray_runtime, tmp_path, capsys) -> None:  
     assert "epoch   2/2" in out and "oracle IC on test" in out
     result = read_result(run_dir)
     assert result.oracle_ic is not None and result.provenance.num_workers == 2
-    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1]
+    assert [r["epoch"] for r in RunDir(run_dir).read_metrics()] == [1, 2]
 
     # Scoring part of the test segment again from best/ gives the same scores as training's predictions.
     pred_path = tmp_path / "new.parquet"

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from distgru.cli import main
-from distgru.config import ConfigError, load_config, to_dict
+from distgru.config import ConfigError, config_from_dict, load_config, to_dict
 from distgru.training.rundir import PREDICTIONS_FILE
 from distgru.tuning.results import (
     BEST_CONFIG,
@@ -37,7 +37,7 @@ from distgru.tuning.results import (
     finish_experiment,
 )
 from distgru.tuning.runner import max_concurrent, run_experiment
-from distgru.tuning.space import check_space, data_key, tune_config_from_dict
+from distgru.tuning.space import check_space, data_key
 from tests.ray_fixtures import ray_runtime, tiny_config, tiny_panel, tiny_state  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _tune_cfg(tmp: str, tune: dict[str, Any], *overrides: str) -> Any:
     data = to_dict(tiny_config(tmp, *overrides))
     data["tune"] = tune
-    return tune_config_from_dict(data)
+    return config_from_dict(data, need_tune=True)
 
 
 def _data(cfg: Any) -> dict:
@@ -169,7 +169,7 @@ def test_two_worker_trial(ray_runtime, tmp_path) -> None:  # noqa: F811
     grid = run_experiment(cfg, _data(cfg), exp_dir, verbose=0)
     summary = finish_experiment(cfg, grid, _data(cfg), exp_dir, t0=t0)
     hist = grid[0].metrics_dataframe
-    assert hist["epoch"].tolist() == [0, 1] and hist["valid_ic"].notna().all()  # every epoch forwarded
+    assert hist["epoch"].tolist() == [1, 2] and hist["valid_ic"].notna().all()  # every epoch forwarded
     assert list((Path(grid[0].path) / "train").glob("checkpoint_*/state.pt"))
     assert summary["test"]["IC"] > 0.1 and (exp_dir / PREDICTIONS_FILE).is_file()
 

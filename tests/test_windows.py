@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 from distgru.training.windows import WindowIndex, available, sample_index
 
 

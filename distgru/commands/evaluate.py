@@ -10,6 +10,9 @@ datetime, instrument, score, label (raw label). Prints the metric table (IC, ICI
 hit rate; the backtest's annualised excess return with cost, information ratio, max drawdown, turnover) and
 writes report.html, backtest_report.parquet, pred.pkl and label.pkl (qlib's form) to --out (default: the run
 directory, whose result.json gains an ``evaluation`` block; beside a bare file: evaluation.json).
+
+The predictions are checked before anything is computed: a missing column, every score NaN or duplicate rows are
+an error (exit 2); more than 5 % of the scores NaN, or days without any score, are a warning on stderr.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ import argparse
 import time
 from pathlib import Path
 
-from distgru.config import ConfigError, DataConfig
-from distgru.config.schema import DEFAULT_LABEL
+from distgru.config import ConfigError, DataConfig, FeatureConfig
 from distgru.data.load import load_bars
 from distgru.data.panel import REQUIRED_FIELDS
-from distgru.features.compute import feature_frame, referenced_fields
-from distgru.processing.pipeline import check_features, features_for
+from distgru.features import FEATURE_SETS, check_features, feature_frame, label_expression
+from distgru.features.compute import referenced_fields
+from distgru.processing.pipeline import features_for
 
 
 def _csv(text: str) -> list[str]:
@@ -42,15 +42,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="first day written (YYYY-MM-DD); earlier history still feeds look-backs")
     parser.add_argument("--end", help="last day written")
     parser.add_argument("--out", required=True, type=Path, help="output Parquet file")
-    parser.add_argument("--features", default="alpha158", choices=["alpha158", "alpha360"], help="feature set")
+    parser.add_argument("--features", default="alpha158", choices=sorted(FEATURE_SETS), help="feature set")
     parser.add_argument("--columns", type=_csv, metavar="A,B", help="keep only these features (native order)")
-    parser.add_argument("--label", default=DEFAULT_LABEL, help="label expression (qlib syntax)")
+    parser.add_argument("--label", help="label expression (qlib syntax; default: the feature set's label)")
     parser.add_argument("--cache-dir", metavar="DIR", help="reuse/store computed features here (default: none)")
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    check_features(args.features, args.columns, args.label)
+    features = FeatureConfig(set=args.features, columns=args.columns, label=args.label)
+    check_features(features)
+    label = label_expression(features)
     # The benchmark index is no feature input: leave it out so a provider without one works.
     common = {"instruments": args.instruments, "start": args.start, "end": args.end, "benchmark": None}
     if args.provider:
@@ -62,16 +64,16 @@ def run(args: argparse.Namespace) -> int:
         data = DataConfig(source=suffix[1:], path=args.data, **common)
     else:
         data = DataConfig(source="synthetic", **common)
-    extra = tuple(sorted(referenced_fields(args.features, args.columns, args.label) - set(REQUIRED_FIELDS)))
+    extra = tuple(sorted(referenced_fields(args.features, args.columns, label) - set(REQUIRED_FIELDS)))
     bars = load_bars(data, fields=extra)  # the whole history: look-back before --start, label days after --end
     # --start is qlib's query start: each expression's series begins at --start minus its look-back, as in
     # D.features, so values match qlib's to the bit (and the cache key includes it).
     if args.cache_dir:
-        table = features_for(bars, args.features, args.columns, args.label, args.cache_dir, progress=True,
-                             start=data.start)
-        frame = table.to_frame(data.start, data.end, masked=True)
-    else:  # nothing to store: only the wanted rows are computed, straight into the frame
-        frame = feature_frame(bars, args.features, args.columns, args.label, start=data.start, end=data.end,
+        table = features_for(bars, args.features, args.columns, label, args.cache_dir, progress=True,
+                             start=data.start, end=data.end)
+        frame = table.to_frame(masked=True)
+    else:  # nothing to store: each instrument is evaluated only up to its last wanted row
+        frame = feature_frame(bars, args.features, args.columns, label, start=data.start, end=data.end,
                               progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out)

@@ -17,13 +17,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch
-
 from distgru.config import ConfigError
+from distgru.training import parallel as par
 from distgru.training.checkpoint import load_best
-from distgru.training.loop import predict
-from distgru.training.rundir import prediction_frame, write_predictions
-from distgru.training.windows import sample_index
+from distgru.training.rundir import write_predictions
+from distgru.training.scoring import score_segment
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +46,11 @@ def run(args: argparse.Namespace) -> int:
     if args.provider:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="qlib", provider=str(args.provider)))
     panel = prepare_inference(best.processor_state, cfg, args.start, args.end)
-    inst, day = sample_index(panel, "test", "infer")
-    if len(inst) == 0:
+    frame = score_segment(cfg, panel, best.model, "test", device=par.pick_device(), batch_size=args.batch_size)
+    if frame.empty:
         raise ConfigError(f"--start/--end: no universe member has a bar in {args.start} .. {args.end}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    score = predict(best.model, panel, inst, day, int(best.meta["step_len"]), args.batch_size, device)
     out = args.out or args.run / f"predictions_{args.start}_{args.end}.parquet"
-    write_predictions(out, prediction_frame(panel, inst, day, score))
-    n_days = len(set(day.tolist()))
-    print(f"wrote {len(inst)} scores ({n_days} days, {len(set(inst.tolist()))} instruments) to {out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    write_predictions(out, frame)
+    print(f"wrote {len(frame)} scores ({frame['datetime'].nunique()} days, {frame['instrument'].nunique()} "
+          f"instruments) to {out} in {time.perf_counter() - t0:.1f} s")
     return 0

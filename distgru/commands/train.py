@@ -5,49 +5,28 @@
     distgru train cfg.yaml --address ray://head:10001      # attach to a cluster (or export RAY_ADDRESS)
     ray job submit --working-dir . -- distgru train cfg.yaml --output /mnt/cluster_storage/runs
 
+    distgru train --resume runs/<run>                    # continue an interrupted or failed run
+
+Ctrl-C stops a run (a second one exits at once): status.json says ``interrupted`` and the terminal names the
+resume command; nothing is scored or evaluated for a run that did not finish.
+
 Without an address a local Ray starts (and stops at the end). The run directory
 ``<output_dir>/<name>-<timestamp>/`` gets config.yaml, metrics.jsonl, the Ray Train checkpoints, best/ (what
 ``distgru predict`` loads), predictions.parquet (test segment) and result.json; its path is printed first and last.
 The test segment is then evaluated as ``distgru evaluate`` does (backtest, report.html, pred.pkl/label.pkl, and
 result.json's ``evaluation`` block). ``--seeds 0,1,2`` / ``--repeat N`` train one run per seed as parallel Ray Tune
-trials and print mean ± std of every metric (distgru/evaluation/multiseed.py).
+trials and print mean ± std of every metric (distgru/tuning/seeds.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
 from distgru.commands.common import add_config_arguments, config_overrides
-from distgru.config import Config, load_config
-from distgru.evaluation.metrics import signal_metrics
-from distgru.features.table import ProcessedPanel
-from distgru.models import build_model
-from distgru.training.loop import predict, window_len
-from distgru.training.ray_train import (
-    TrainOutcome,
-    check_data,
-    preflight,
-    ray_session,
-    run_training,
-    segment_samples,
-)
-from distgru.training.rundir import (
-    PREDICTIONS_FILE,
-    RunResult,
-    collect_provenance,
-    create_run_dir,
-    oracle_ic,
-    prediction_frame,
-    write_predictions,
-    write_result,
-)
+from distgru.config import Config, ConfigError, load_config
+from distgru.training.result import RunResult
+from distgru.training.rundir import RunDir
 
 TABLE_COLUMNS = ("IC", "ICIR", "RankIC", "RankICIR", "long_short", "hit_rate")
 
@@ -60,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seeds.add_argument("--seeds", metavar="LIST", help="train one run per seed (e.g. 0,1,2) as parallel Ray Tune "
                        "trials and report mean ± std of every test metric")
     seeds.add_argument("--repeat", type=int, metavar="N", help="as --seeds with train.seed .. train.seed+N-1")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted or failed run (or --seeds) "
+                        "directory from its last checkpoint, with its own config")
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -73,88 +54,61 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgru.processing.pipeline import prepare_panel
+    from distgru.training.run import train
 
-    t0, started = time.perf_counter(), datetime.now()
+    verbose = getattr(args, "verbose", False)
+    if args.resume:
+        return _resume(args, verbose)
     cfg = load_config(args.config, overrides(args))
-    if getattr(args, "seeds", None) is not None or getattr(args, "repeat", None) is not None:
-        from distgru.evaluation.multiseed import parse_seeds, run_seeds
+    if args.seeds is not None or args.repeat is not None:
+        from distgru.tuning.seeds import parse_seeds, run_seeds
 
-        seeds = parse_seeds(args.seeds, args.repeat, cfg.train.seed)
-        return run_seeds(cfg, seeds, verbose=getattr(args, "verbose", False))
-    panel, state = prepare_panel(cfg)
-    check_data(cfg, panel)  # fail on the data before Ray starts
-    with ray_session(cfg.resources, verbose=getattr(args, "verbose", False)):
-        preflight(cfg, panel)  # and on resources before a run directory exists
-        run_dir = create_run_dir(cfg, started)
-        print(f"run directory: {run_dir}", flush=True)
-        outcome = run_training(cfg, panel, state, run_dir)
-    result = finish_run(cfg, panel, outcome, run_dir, started=started, t0=t0)
+        return run_seeds(cfg, parse_seeds(args.seeds, args.repeat, cfg.train.seed), verbose=verbose)
+    run, result = train(cfg, verbose=verbose)
     print(metric_table(result))
-    rc = _evaluate(cfg, run_dir)
-    print(f"run directory: {run_dir}")
+    rc = _evaluate(cfg, run)
+    print(f"run directory: {run}")
     return rc
 
 
-def _evaluate(cfg: Config, run_dir: Path) -> int:
+def _resume(args: argparse.Namespace, verbose: bool) -> int:
+    """``--resume DIR``: a run or multi-seed directory continues with its own config from its last checkpoint."""
+    from distgru.training.run import train
+
+    if args.config or args.set or args.seeds or args.repeat or args.output or args.num_workers or args.gpu:
+        raise ConfigError("--resume: continues the run as configured (its config.yaml); give no CONFIG, --set, "
+                          "--seeds, --repeat, --output, --num-workers or --gpu with it")
+    run = RunDir(Path(args.resume).expanduser().resolve())
+    status = run.read_status()
+    if status is None or not run.config.is_file():
+        raise ConfigError(f"--resume: {run} has no status.json/config.yaml; is it a distgru run directory?")
+    if status["state"] == "finished":
+        raise ConfigError(f"--resume: {run} finished already ({status['updated']}); its results are in it")
+    cfg = run.read_config()
+    if status["kind"] == "seeds":
+        from distgru.tuning.seeds import run_seeds, seeds_of
+
+        return run_seeds(cfg, seeds_of(cfg), verbose=verbose, resume=run)
+    run, result = train(cfg, run=run, verbose=verbose)
+    print(metric_table(result))
+    rc = _evaluate(cfg, run)
+    print(f"run directory: {run}")
+    return rc
+
+
+def _evaluate(cfg: Config, run: RunDir) -> int:
     """``distgru evaluate`` on the new run (test segment); a failure leaves the trained run intact."""
     from distgru.evaluation.evaluate import BACKTEST_KEYS, evaluate_run
     from distgru.evaluation.evaluate import metric_table as evaluation_table
 
     try:
-        ev = evaluate_run(run_dir, cfg=cfg)
+        ev = evaluate_run(run.path, cfg=cfg)
     except Exception as e:  # the run is trained and saved: say how to retry rather than lose it
-        print(f"evaluation failed ({type(e).__name__}: {e}); retry with: distgru evaluate {run_dir}")
+        print(f"evaluation failed ({type(e).__name__}: {e}); retry with: distgru evaluate {run}")
         return 1
     print(evaluation_table({"test": ev.metrics}, BACKTEST_KEYS)
           + f"\nbacktest {ev.window[0]} .. {ev.window[1]} (excess return with cost); report: {ev.files['report_html']}")
     return 0
-
-
-def _synthetic_expected(cfg: Config, panel: ProcessedPanel) -> np.ndarray | None:
-    """The synthetic market's planted expected label return on the panel's [N, D] grid (None for real data)."""
-    if cfg.data.source != "synthetic":
-        return None
-    from distgru.data.load import load_bars
-
-    bars = load_bars(cfg.data)  # regenerated: bit-identical for the config, and it takes well under a second
-    expected = np.asarray(bars.extras["expected_label_return"], dtype=np.float64)
-    rows = pd.Index(bars.instruments).get_indexer(list(panel.instruments))
-    cols = bars.calendar.get_indexer(panel.calendar)
-    return expected[np.ix_(rows, cols)]
-
-
-def finish_run(cfg: Config, panel: ProcessedPanel, outcome: TrainOutcome, run_dir: str | Path, *,
-               started: datetime, t0: float) -> RunResult:
-    """Score valid and test with the best weights, write predictions.parquet and result.json."""
-    samples = segment_samples(panel)
-    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        # As many threads as a worker reserves: spare intra-op threads on busy cores spin, and scoring the
-        # synthetic test segment took 36 s with 2 threads against 2 s with 1 on a loaded 2-core host.
-        torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
-    model = build_model(cfg.model, window_len(cfg))
-    model.load_state_dict(outcome.best_state)
-    frames = {}
-    for seg in ("valid", "test"):
-        inst, day = samples[seg]
-        score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device,
-                    cfg.resources.panel_on_device)
-        frames[seg] = prediction_frame(panel, inst, day, score)
-    write_predictions(Path(run_dir) / PREDICTIONS_FILE, frames["test"])
-    expected = _synthetic_expected(cfg, panel)
-    result = RunResult(
-        name=cfg.name, run_dir=str(run_dir), started=started.isoformat(timespec="seconds"),
-        finished=datetime.now().isoformat(timespec="seconds"), best_epoch=outcome.best_epoch,
-        epochs=outcome.epochs_run, stopped_early=outcome.stopped_early, early_stop_metric=cfg.train.metric,
-        best_score=outcome.best_score, valid=signal_metrics(frames["valid"]), test=signal_metrics(frames["test"]),
-        oracle_ic=None if expected is None else oracle_ic(expected, panel, *samples["test"]),
-        samples=outcome.samples, train_samples_per_s=outcome.train_samples_per_s,
-        train_wall_s=outcome.train_wall_s, wall_s=time.perf_counter() - t0, restarts=outcome.restarts,
-        provenance=collect_provenance(cfg, panel, outcome.devices),
-    )
-    write_result(run_dir, result)
-    return result
 
 
 def metric_table(result: RunResult) -> str:
@@ -166,7 +120,7 @@ def metric_table(result: RunResult) -> str:
     if result.oracle_ic is not None:
         lines.append(f"oracle IC on test (the planted signal, the ceiling): {result.oracle_ic:.4f}")
     how = "early stop" if result.stopped_early else "epoch limit"
-    lines.append(f"best epoch {result.best_epoch + 1} of {result.epochs} ({how}; {result.early_stop_metric} "
+    lines.append(f"best epoch {result.best_epoch} of {result.epochs} ({how}; {result.early_stop_metric} "
                  f"{result.best_score:+.5f}); {result.train_samples_per_s:,.0f} train samples/s; "
                  f"fit {result.train_wall_s:.0f} s, total {result.wall_s:.0f} s"
                  + (f"; {result.restarts} worker restart(s)" if result.restarts else ""))

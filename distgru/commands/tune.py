@@ -4,6 +4,10 @@
     distgru tune configs/tune_gru_alpha158.yaml --set data.provider=~/.qlib/qlib_data/cn_data --address auto
     distgru tune --resume runs/tune_smoke-20261127-101500         # continue an interrupted search
 
+Ctrl-C pauses the trials and saves the experiment (a second Ctrl-C exits at once); status.json says
+``interrupted`` and the terminal names the resume command. No table, best config or report is written for an
+unfinished search.
+
 CONFIG is a training config with a ``tune:`` section (space, metric, scheduler, search, resources; see
 configs/tune_smoke.yaml). The space is checked against the config before anything runs; the processed panel is
 prepared once per distinct data config and shared through the object store. The experiment directory
@@ -22,10 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from distgru.commands.common import add_config_arguments, config_overrides
-from distgru.config import ConfigError
+from distgru.config import ConfigError, config_from_dict
 from distgru.config.loader import read_yaml
 from distgru.evaluation.report import format_table
-from distgru.training.rundir import CONFIG_FILE, create_run_dir
+from distgru.training.rundir import CONFIG_FILE, RunDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +47,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distgru.training.lifecycle import lifecycle
     from distgru.training.ray_train import ray_session
     from distgru.tuning.results import RESULTS_PARQUET, finish_experiment
     from distgru.tuning.runner import check_search_package, prepare_data, run_experiment
-    from distgru.tuning.space import check_space, tune_config_from_dict
+    from distgru.tuning.space import check_space
 
     t0 = time.perf_counter()
     if args.resume:
@@ -57,26 +62,26 @@ def run(args: argparse.Namespace) -> int:
         if not (exp_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"--resume: {exp_dir / CONFIG_FILE} not found; is {exp_dir} a distgru tune "
                               "experiment directory?")
-        cfg = tune_config_from_dict(read_yaml(exp_dir / CONFIG_FILE), _overrides(args))
+        cfg = config_from_dict(read_yaml(exp_dir / CONFIG_FILE), _overrides(args), need_tune=True)
     else:
         if not args.config:
             raise ConfigError("CONFIG: give a training config with a tune: section (or --resume DIR)")
-        cfg = tune_config_from_dict(read_yaml(args.config), _overrides(args))
+        cfg = config_from_dict(read_yaml(args.config), _overrides(args), need_tune=True)
     # Every check that needs no Ray runs before data is prepared or Ray starts.
     probes = check_space(cfg)
     check_search_package(cfg)
     data = prepare_data(cfg, probes)
     if not args.resume:
-        exp_dir = create_run_dir(cfg, datetime.now())  # config.yaml: the full tune config, for --resume
+        exp_dir = RunDir.create(cfg, datetime.now()).path  # config.yaml: the full tune config, for --resume
     print(f"experiment directory: {exp_dir}", flush=True)
-    with ray_session(cfg.resources, verbose=getattr(args, "verbose", False)):
+    with ray_session(cfg.resources, verbose=getattr(args, "verbose", False)), lifecycle(RunDir(exp_dir), "tune"):
         grid = run_experiment(cfg, data, exp_dir, restore=bool(args.resume))
         summary = finish_experiment(cfg, grid, data, exp_dir, t0=t0)
     table = pd.read_parquet(exp_dir / RESULTS_PARQUET).drop(columns=["trial_dir"])
     print(format_table(table, floatfmt=".4g"))
     metric = summary["metric"]
     print(f"best trial {summary['best_trial']}: valid {metric} {summary[f'best_{metric}']:+.4f} at epoch "
-          f"{summary['best_epoch'] + 1}; test IC {summary['test'].get('IC', float('nan')):+.4f}, "
+          f"{summary['best_epoch']}; test IC {summary['test'].get('IC', float('nan')):+.4f}, "
           f"RankIC {summary['test'].get('RankIC', float('nan')):+.4f}; {time.perf_counter() - t0:.0f} s")
     print(f"experiment directory: {exp_dir}  (report.html; tensorboard --logdir {exp_dir})")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distgru.config.loader import ConfigError, apply_override, field_docs, from_dict, read_yaml, to_dict
+from distgru.config.loader import ConfigError, apply_override, from_dict, read_yaml, to_dict
 from distgru.config.schema import (
     BacktestConfig,
     Config,
@@ -24,15 +24,17 @@ from distgru.config.schema import (
 __all__ = [
     "BacktestConfig", "Config", "ConfigError", "DataConfig", "DatasetConfig", "FeatureConfig", "ModelConfig",
     "ProcessorSpec", "ProcessorsConfig", "ResourcesConfig", "ReweighterConfig", "SyntheticConfig", "TrainConfig",
-    "config_from_dict", "field_docs", "load_config", "to_dict",
+    "config_from_dict", "load_config", "to_dict",
 ]
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Validate a mapping (plus ``key=value`` overrides) into a Config."""
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, *, need_tune: bool = False) -> Config:
+    """Validate a mapping (plus ``key=value`` overrides) into a Config; ``need_tune``: it must have a tune section."""
     data = to_dict(data)  # a deep copy, so overrides never touch the caller's dict
     for assignment in overrides or []:
         apply_override(data, assignment)
+    if need_tune and data.get("tune") is None:
+        raise ConfigError("tune: the config has no tune section; add one (see configs/tune_smoke.yaml)")
     return from_dict(Config, data)
 
 

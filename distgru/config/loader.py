@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
 import types
 import typing
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -19,23 +15,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key is unknown, mistyped or holds an impossible value."""
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings written under each dataclass field (used in errors and ``distgru config``)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                and isinstance(nxt.value.value, str)):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 
 
 def _describe(tp: Any) -> str:
@@ -64,14 +43,15 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1 and dataclasses.is_dataclass(members[0]):
+            # An optional section: its own error names the failing key inside it ("is not X or null" would not).
+            return _convert(value, members[0], key)
+        for arg in members:
             try:
                 return _convert(value, arg, key)
-            except ConfigError as e:
-                errors.append(e)
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -153,23 +133,28 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set a.b.c=value`` to a nested dict; the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    key, raw = assignment.split("=", 1)
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set ``a.b.c`` in a nested mapping, creating sections; ``where`` names the setting in errors."""
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} holds {child!r}, not a section")
+            raise ConfigError(f"{where}: {part!r} holds {child!r}, not a section")
         node = child
+    node[parts[-1]] = value
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set a.b.c=value`` to a nested dict; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except (yaml.YAMLError, ValueError):  # e.g. an impossible date: keep the text, validation names it
         value = raw
-    node[parts[-1]] = value
+    set_dotted(data, key, value, f"--set {key}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

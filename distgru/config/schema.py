@@ -8,14 +8,12 @@ Section names mirror qlib's workflow config (data handler → ``data``/``feature
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
 from distgru.config.loader import ConfigError
-from distgru.tuning.config import TuneConfig
-
-DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
+from distgru.config.tune import TuneConfig
 
 
 def check_date(key: str, value: str | None) -> pd.Timestamp | None:
@@ -93,12 +91,14 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class FeatureConfig:
-    set: Literal["alpha158", "alpha360"] = "alpha158"
-    """Feature family, computed with qlib's exact operator semantics."""
+    set: str = "alpha158"
+    """Feature family, computed with qlib's exact operator semantics: a set registered in distgru/features
+    (``alpha158``, ``alpha360``; checked by ``distgru.features.check_features`` before any work)."""
     columns: list[str] | None = None
     """Keep only these features (qlib's FilterCol: Alpha158's native order is kept, not this list's order)."""
-    label: str = DEFAULT_LABEL
-    """Label expression in qlib syntax. The default is the return from close(T+1) to close(T+2)."""
+    label: str | None = None
+    """Label expression in qlib syntax; null: the feature set's default (for Alpha158 and Alpha360 qlib's return
+    from close(T+1) to close(T+2)). ``distgru.features.label_expression`` resolves it."""
     label_horizon: int | None = None
     """Shortcut: when set, the label is ``Ref($close, -(h+1)) / Ref($close, -1) - 1`` and ``label`` is ignored."""
 
@@ -108,27 +108,21 @@ class FeatureConfig:
         if self.label_horizon is not None and self.label_horizon < 1:
             raise ConfigError(f"features.label_horizon: {self.label_horizon} must be >= 1")
 
+
+class ProcessorSpec(dict[str, Any]):
+    """One processor as written in YAML: ``{name: <processor>, <option>: <value>, …}`` (``fields_group`` is an
+    option too). Names and each processor's options are registered in distgru/processing/processors.py, which
+    checks them before any work (config cannot import it)."""
+
     @property
-    def label_expression(self) -> str:
-        if self.label_horizon is not None:
-            return f"Ref($close, -{self.label_horizon + 1}) / Ref($close, -1) - 1"
-        return self.label
+    def name(self) -> str:
+        return self["name"]
 
 
-@dataclass(kw_only=True)
-class ProcessorSpec:
-    name: Literal["RobustZScoreNorm", "Fillna", "DropnaLabel", "CSRankNorm", "CSZScoreNorm"]
-    """Processor class, as qlib names it."""
-    fields_group: Literal["feature", "label"] = "feature"
-    """Columns it applies to (DropnaLabel always looks at the label)."""
-    clip_outlier: bool = True
-    """RobustZScoreNorm: clip the normalised values to [-3, 3]."""
-    fill_value: float = 0.0
-    """Fillna: the value NaNs become."""
-
-
+# Written as configs/*.yaml write them: specs compare as written (only the registry knows an option's default).
 def _default_infer() -> list[ProcessorSpec]:
-    return [ProcessorSpec(name="RobustZScoreNorm", clip_outlier=True), ProcessorSpec(name="Fillna")]
+    return [ProcessorSpec(name="RobustZScoreNorm", fields_group="feature", clip_outlier=True),
+            ProcessorSpec(name="Fillna", fields_group="feature")]
 
 
 def _default_learn() -> list[ProcessorSpec]:
@@ -142,13 +136,20 @@ class ProcessorsConfig:
     """First day of the fit window (statistics are fitted only on it). null: the train segment's start."""
     fit_end: str | None = None
     """Last day of the fit window. null: the train segment's end."""
-    infer: list[ProcessorSpec] = field(default_factory=_default_infer)
-    """Applied to every segment (qlib's infer_processors): the data the model scores."""
-    learn: list[ProcessorSpec] = field(default_factory=_default_learn)
+    infer: list[dict[str, Any]] = field(default_factory=_default_infer)
+    """Applied to every segment (qlib's infer_processors): the data the model scores. Each entry is a
+    :class:`ProcessorSpec` mapping."""
+    learn: list[dict[str, Any]] = field(default_factory=_default_learn)
     """Applied on top of ``infer`` for training/validation targets (qlib's learn_processors)."""
 
     def __post_init__(self) -> None:
         check_range("processors.fit_start/fit_end", self.fit_start, self.fit_end)
+        for chain in ("infer", "learn"):
+            specs = [ProcessorSpec(s) for s in getattr(self, chain)]
+            for i, spec in enumerate(specs):
+                if not isinstance(spec.get("name"), str):
+                    raise ConfigError(f"processors.{chain}[{i}].name: required, the processor's name (got {spec!r})")
+            setattr(self, chain, specs)
 
 
 @dataclass(kw_only=True)
@@ -339,8 +340,7 @@ class Config:
     tune: TuneConfig | None = None
     """Search space and scheduler for ``distgru tune`` (see configs/tune_*.yaml); ignored by ``distgru train``."""
 
-    def __post_init__(self) -> None:
-        if self.model.input == "window" and self.features.set == "alpha360":
-            raise ConfigError("model.input: 'window' over alpha360 is not a qlib setup; use model.input 'flat'")
-        if self.model.input == "flat" and self.features.set != "alpha360":
-            raise ConfigError("model.input: 'flat' needs features.set 'alpha360' (360 columns → [60, 6])")
+    @property
+    def window_len(self) -> int:
+        """Days in one sample's window: flat (Alpha360) samples are step-1 windows whose row the model reshapes."""
+        return 1 if self.model.input == "flat" else self.dataset.step_len

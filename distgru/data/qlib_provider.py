@@ -38,9 +38,20 @@ def read_calendar(root: Path) -> pd.DatetimeIndex:
     if not path.is_file():
         raise DataError(f"{path}: calendar file missing; a qlib provider needs calendars/{FREQ}.txt "
                         "(one trading day per line). Is this the provider_uri directory?")
-    numbered = [(i, s.strip()) for i, s in enumerate(path.read_text().splitlines(), 1) if s.strip()]
-    if not numbered:
+    texts = [s.strip() for s in path.read_text().splitlines()]
+    filled = [i for i, s in enumerate(texts) if s]
+    if not filled:
         raise DataError(f"{path}: calendar is empty")
+    # The bins index days by line, so a blank line before the last date (qlib's loadtxt skips it) shifts every
+    # later day by one; blank lines after it are harmless.
+    blank = [i for i in range(filled[-1]) if not texts[i]]
+    if blank:
+        i = blank[0]
+        after = next((f"{texts[j]} on line {j + 1}" for j in range(i - 1, -1, -1) if texts[j]), "the file start")
+        more = f" ({len(blank)} blank lines in all)" if len(blank) > 1 else ""
+        raise DataError(f"{path}:{i + 1}: blank line after {after}{more}; every line up to the last must hold "
+                        "one trading day: put back the missing date (or delete the line if it was added by mistake)")
+    numbered = [(i + 1, texts[i]) for i in filled]
     lines = np.array([i for i, _ in numbered])
     cal = parse_dates([s for _, s in numbered], lambda idx: [f"{path}:{lines[i]}" for i in idx], str(path),
                       fmt=CALENDAR_FORMAT)
@@ -119,10 +130,32 @@ def _read_bin(path: Path, n_days: int) -> tuple[int, np.ndarray]:
     return start, raw[1:]
 
 
-def _read_series(directory: Path, names: Iterable[str], n_days: int) -> dict[str, np.ndarray]:
+def _read_fields(directory: Path, names: Iterable[str], n_days: int) -> dict[str, tuple[int, np.ndarray]]:
+    return {name: _read_bin(directory / f"{name}.{FREQ}.bin", n_days) for name in names}
+
+
+def _uneven_fields(directory: Path, bins: dict[str, tuple[int, np.ndarray]], cal: pd.DatetimeIndex) -> list[str]:
+    """One text per field file that covers fewer days than the instrument's other fields.
+
+    dump_bin writes every field of an instrument over the same first..last days, so a shorter file was cut
+    short (a truncation at a 4-byte boundary still parses) or left behind by a partial re-dump.
+    """
+    if len(bins) < 2:
+        return []
+    first = min(start for start, _ in bins.values())
+    end = max(start + values.size for start, values in bins.values())
+
+    def days(lo: int, hi: int) -> str:
+        return f"{cal[lo]:%Y-%m-%d}..{cal[hi - 1]:%Y-%m-%d}" if hi > lo else "no day"
+
+    return [f"{directory / f'{name}.{FREQ}.bin'} ({days(start, start + values.size)}, the other fields "
+            f"{days(first, end)})"
+            for name, (start, values) in bins.items() if start > first or start + values.size < end]
+
+
+def _as_series(bins: dict[str, tuple[int, np.ndarray]], n_days: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    for name in names:
-        start, values = _read_bin(directory / f"{name}.{FREQ}.bin", n_days)
+    for name, (start, values) in bins.items():
         series = np.full(n_days, np.nan, dtype=np.float32)
         series[start:start + values.size] = values
         out[name] = series
@@ -223,12 +256,13 @@ def load_qlib_provider(
     names = [*REQUIRED_FIELDS, *extra]
 
     arrays = {name: np.full((len(symbols), n_days), np.nan, dtype=np.float32) for name in names}
+    uneven: list[str] = []
     for row, sym in enumerate(symbols):
         directory = root / "features" / symbol_dirname(sym)
-        for name in names:
-            if name in have[sym]:
-                first, values = _read_bin(directory / f"{name}.{FREQ}.bin", n_days)
-                arrays[name][row, first:first + values.size] = values
+        bins = _read_fields(directory, [n for n in names if n in have[sym]], n_days)
+        for name, (first, values) in bins.items():
+            arrays[name][row, first:first + values.size] = values
+        uneven += _uneven_fields(directory, bins, cal)
     lacking = {name: [s for s in symbols if name not in have[s]] for name in extra}
     lacking = {name: syms for name, syms in lacking.items() if syms}
     if lacking:
@@ -248,7 +282,13 @@ def load_qlib_provider(
             raise DataError(f"{bench_dir}: benchmark {bench} has no close.{FREQ}.bin; pass benchmark=None to "
                             "load without a benchmark, or name an index that the provider holds")
         wanted = [f for f in (*REQUIRED_FIELDS, *OPTIONAL_FIELDS) if f in bench_fields]
-        bench_series = _read_series(bench_dir, wanted, n_days)
+        bench_bins = _read_fields(bench_dir, wanted, n_days)
+        uneven += _uneven_fields(bench_dir, bench_bins, cal)
+        bench_series = _as_series(bench_bins, n_days)
+    if uneven:
+        warn(f"{len(uneven)} field file(s) cover fewer days than the other fields of their instrument (truncated "
+             f"or partly re-dumped): {listing(uneven, 3)}; the missing days load as NaN, as qlib reads them. "
+             "Re-dump those instruments with qlib's scripts/dump_bin.py or restore the files")
 
     lo = 0 if start is None else int(cal.searchsorted(pd.Timestamp(start), "left"))
     hi = n_days if end is None else int(cal.searchsorted(pd.Timestamp(end), "right"))

@@ -51,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from distgru.config.schema import DEFAULT_LABEL, SyntheticConfig
+from distgru.config.schema import SyntheticConfig
 from distgru.data.panel import BarPanel
 from distgru.data.synthetic_dynamics import (
     CANDLE_CAP,
@@ -67,9 +67,11 @@ from distgru.data.synthetic_dynamics import (
     simulate,
     student_t,
 )
-from distgru.evaluation.metrics import daily_ic as metrics_daily_ic
+from distgru.metrics import daily_ic as metrics_daily_ic
 
 BENCHMARK = "SYN_INDEX"
+PLANTED_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
+"""The label whose expected value the market plants (qlib's default label, the close-to-close return T+1→T+2)."""
 COMPONENTS = {
     "reversal": (f"-{REVERSAL_COEF} * clip(RESI5_T, ±{REVERSAL_CAP}): short-term reversal of the 5-day residual"),
     "candle": (f"{CANDLE_COEF} * (min(KLOW_T, {CANDLE_CAP}) - {CANDLE_CENTER}): a long lower shadow predicts a "
@@ -130,7 +132,7 @@ def generate_market(cfg: SyntheticConfig) -> BarPanel:
         "expected_label_components": {k: v.astype(np.float32) for k, v in components.items()},
         "event": paths.event,
         "components": dict(COMPONENTS),
-        "label": DEFAULT_LABEL,
+        "label": PLANTED_LABEL,
         "market_return": paths.market_return.astype(np.float32),
     }
     return BarPanel(

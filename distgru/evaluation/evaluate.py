@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from distgru.config.schema import BacktestConfig, Config, DataConfig
 from distgru.data.panel import BarPanel, DataError
+from distgru.data.validate import listing
 from distgru.evaluation.backtest import excess_returns, portfolio_metrics, run_backtest
-from distgru.evaluation.metrics import as_frame, signal_metrics
+from distgru.metrics import as_frame, signal_metrics
+from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, RESULT_FILE, read_config, write_json
 
 PRED_PKL = "pred.pkl"
 LABEL_PKL = "label.pkl"
@@ -45,6 +49,15 @@ SIGNAL_KEYS = ("IC", "ICIR", "RankIC", "RankICIR", "long_short", "hit_rate")
 BACKTEST_KEYS = ("annualized_return", "information_ratio", "max_drawdown", "turnover")
 TABLE_KEYS = (*SIGNAL_KEYS, *BACKTEST_KEYS)
 """The terminal table's metrics, in order (qlib's benchmark columns, then distgru's extras)."""
+PRED_COLUMNS = ("datetime", "instrument", "score", "label")
+NAN_SCORE_WARN = 0.05
+"""Share of NaN scores above which evaluation warns: a few NaNs are stocks a model could not score, more mean a
+broken run whose metrics describe a subset."""
+_WHAT_PREDICTIONS_HOLD = ("one row per (datetime, instrument) with columns datetime, instrument, score (the model's "
+                          "prediction) and label (the raw label, e.g. Ref($close, -2) / Ref($close, -1) - 1), as a "
+                          "run's predictions.parquet does")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +75,83 @@ class Evaluation:
         """The ``evaluation`` block of result.json."""
         return {"metrics": self.metrics, "window": list(self.window) if self.window else None,
                 "files": self.files}
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """A predictions Parquet file; a missing or unreadable one is a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{path}: predictions file missing; it must hold {_WHAT_PREDICTIONS_HOLD}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a file that is not Parquet
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e}); it must hold "
+                        f"{_WHAT_PREDICTIONS_HOLD}") from None
+
+
+def prediction_frame(pred: pd.DataFrame | pd.Series, source: str = "predictions") -> pd.DataFrame:
+    """``pred`` as ``as_frame`` returns it, or a one-line DataError: a required column missing, no rows, an
+    unparsable datetime, non-numeric scores or labels, every score or every label NaN, a (datetime, instrument)
+    pair twice."""
+    if isinstance(pred, pd.DataFrame):
+        have = [c for c in (*pred.index.names, *pred.columns) if c is not None]
+        missing = [c for c in PRED_COLUMNS if c not in have]
+        if missing:
+            raise DataError(f"{source}: no column(s) {', '.join(missing)} (has {listing([str(c) for c in have])}); "
+                            f"predictions must hold {_WHAT_PREDICTIONS_HOLD}")
+    frame = as_frame(pred)
+    if frame.empty:
+        raise DataError(f"{source}: no predictions to evaluate (0 rows)")
+    try:
+        dates = pd.DatetimeIndex(pd.to_datetime(frame["datetime"]))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{source}: column datetime does not parse as dates ({e}); write dates such as "
+                        "2020-01-31") from None
+    frame = frame.assign(datetime=dates)
+    for column in ("score", "label"):
+        if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
+            raise DataError(f"{source}: column {column} is {frame[column].dtype}, not numbers; it must hold "
+                            f"{_WHAT_PREDICTIONS_HOLD}")
+    nan = ~np.isfinite(frame["score"].to_numpy("float64"))
+    n = len(frame)
+    if nan.all():
+        raise DataError(f"{source}: all {n} scores are NaN or infinite; nothing to evaluate. Check the run that "
+                        "wrote them (a diverged training scores NaN) and predict again")
+    if frame["label"].isna().all():
+        raise DataError(f"{source}: all {n} labels are NaN; label must be the raw label of each row (the return "
+                        "it predicts), known for all but the last days of the data")
+    twice = frame.duplicated(["datetime", "instrument"])
+    if twice.any():
+        first = frame[twice].iloc[0]
+        raise DataError(f"{source}: {int(twice.sum())} duplicate (datetime, instrument) row(s), first "
+                        f"{first['datetime']:%Y-%m-%d} {first['instrument']}; keep one score per stock and day")
+    return frame
+
+
+def check_predictions(pred: pd.DataFrame | pd.Series, source: str = "predictions",
+                      calendar: pd.DatetimeIndex | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """``prediction_frame(pred)`` and the warnings about it (also logged): more than ``NAN_SCORE_WARN`` of the
+    scores NaN; days without any score (days in the file whose scores are all NaN and, with a ``calendar``,
+    trading days between the first and last predicted day that the file lacks)."""
+    frame = prediction_frame(pred, source)
+    nan = ~np.isfinite(frame["score"].to_numpy("float64"))
+    n = len(frame)
+    warnings: list[str] = []
+    if nan.mean() > NAN_SCORE_WARN:
+        warnings.append(f"{source}: {nan.mean():.1%} of the scores ({int(nan.sum())} of {n}) are NaN or infinite "
+                        f"(more than {NAN_SCORE_WARN:.0%}); the metrics cover only the rest. Check the run that "
+                        "wrote them")
+    scored = pd.DatetimeIndex(frame.loc[~nan, "datetime"].unique())
+    days = pd.DatetimeIndex(frame["datetime"].unique())
+    if calendar is not None:
+        days = days.union(calendar[(calendar >= days.min()) & (calendar <= days.max())])
+    unscored = days.difference(scored)
+    if len(unscored):
+        warnings.append(f"{source}: {len(unscored)} of {len(days)} days between {days.min():%Y-%m-%d} and "
+                        f"{days.max():%Y-%m-%d} have no score ({listing([f'{d:%Y-%m-%d}' for d in unscored])}); "
+                        "IC skips them and the backtest makes no trades on them")
+    for message in warnings:
+        log.warning("%s", message)
+    return frame, warnings
 
 
 def write_qlib_pickles(pred: pd.DataFrame, out_dir: str | Path) -> tuple[Path, Path]:
@@ -94,16 +184,16 @@ def flat_metrics(signal: dict[str, float], report: pd.DataFrame | None) -> dict[
 
 
 def evaluate_predictions(pred: pd.DataFrame, panel: BarPanel | None, backtest: BacktestConfig | None,
-                         out_dir: str | Path, *, title: str = "distgru evaluation") -> Evaluation:
+                         out_dir: str | Path, *, title: str = "distgru evaluation",
+                         source: str = "predictions") -> Evaluation:
     """Signal metrics, (with a panel) the backtest over the predictions' days, and every file of the module
-    docstring except result.json, written into ``out_dir``."""
+    docstring except result.json, written into ``out_dir``. ``pred`` is checked first (``check_predictions``;
+    ``source`` names it in messages)."""
     from distgru.evaluation.report import write_evaluation_report
 
+    frame, _ = check_predictions(pred, source, None if panel is None else panel.calendar)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = as_frame(pred)
-    if frame.empty:
-        raise DataError("no predictions to evaluate")
     pred_pkl, label_pkl = write_qlib_pickles(frame, out)
     files = {"pred_pkl": str(pred_pkl), "label_pkl": str(label_pkl)}
     report, window = None, None
@@ -148,13 +238,10 @@ def load_panel(data: DataConfig) -> BarPanel:
 
 def _update_result(run_dir: Path, block: dict[str, Any]) -> Path:
     """Add (or replace) the ``evaluation`` block of result.json, keeping every other key as written."""
-    from distgru.training.rundir import RESULT_FILE, _clean
-
     path = run_dir / RESULT_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data["evaluation"] = _clean(block)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    data["evaluation"] = block
+    return write_json(path, data)
 
 
 def evaluate_run(run_dir: str | Path, *, out_dir: str | Path | None = None, cfg: Config | None = None,
@@ -165,28 +252,22 @@ def evaluate_run(run_dir: str | Path, *, out_dir: str | Path | None = None, cfg:
     Files go to ``out_dir`` (default: the run directory). Written into the run directory, the metrics become
     the ``evaluation`` block of its result.json; elsewhere (or without a result.json) they go to
     evaluation.json."""
-    from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, RESULT_FILE, read_config
-
     run = Path(run_dir)
     cfg = cfg or read_config(run / CONFIG_FILE)
-    pred = pd.read_parquet(run / PREDICTIONS_FILE)
+    pred = read_predictions(run / PREDICTIONS_FILE)
+    prediction_frame(pred, str(run / PREDICTIONS_FILE))  # before the bars load, as in evaluate_path
     if panel is None:
         panel = load_panel(cfg.data)
     out = Path(out_dir) if out_dir is not None else run
-    ev = evaluate_predictions(pred, panel, cfg.backtest, out, title=f"distgru evaluation: {run.name}")
+    ev = evaluate_predictions(pred, panel, cfg.backtest, out, title=f"distgru evaluation: {run.name}",
+                              source=str(run / PREDICTIONS_FILE))
     if out.resolve() == run.resolve() and (run / RESULT_FILE).is_file():
         ev.files["result_json"] = str(run / RESULT_FILE)
         _update_result(run, ev.block())
     else:
         ev.files["evaluation_json"] = str(out / EVALUATION_JSON)
-        (out / EVALUATION_JSON).write_text(json.dumps(_jsonable(ev.block()), indent=2) + "\n")
+        write_json(out / EVALUATION_JSON, ev.block())
     return ev
-
-
-def _jsonable(block: dict[str, Any]) -> dict[str, Any]:
-    from distgru.training.rundir import _clean
-
-    return _clean(block)
 
 
 def evaluate_path(path: str | Path, *, provider: str | None = None, synthetic: bool = False,
@@ -194,8 +275,6 @@ def evaluate_path(path: str | Path, *, provider: str | None = None, synthetic: b
     """``distgru evaluate``: a run directory (config.yaml + predictions.parquet), or a bare predictions Parquet
     with bars from a qlib ``provider`` directory or the default ``synthetic`` market (neither: signal metrics
     only). A run directory's own config wins unless ``provider``/``synthetic`` is given."""
-    from distgru.training.rundir import CONFIG_FILE, read_config
-
     p = Path(path).expanduser()
     provider = str(Path(provider).expanduser()) if provider else None
     if p.is_dir():
@@ -211,12 +290,13 @@ def evaluate_path(path: str | Path, *, provider: str | None = None, synthetic: b
         return evaluate_run(p, out_dir=out_dir, cfg=cfg)
     if not p.is_file():
         raise DataError(f"{p}: neither a run directory nor a predictions file")
-    pred = pd.read_parquet(p)
+    pred = read_predictions(p)
+    prediction_frame(pred, str(p))  # before the bars load: a wrong file should not wait for the data
     data = DataConfig(source="qlib", provider=provider) if provider else (
         DataConfig(source="synthetic") if synthetic else None)
     panel = load_panel(data) if data is not None else None
     out = Path(out_dir) if out_dir is not None else p.parent
-    ev = evaluate_predictions(pred, panel, backtest, out, title=f"distgru evaluation: {p.name}")
-    (out / EVALUATION_JSON).write_text(json.dumps(_jsonable(ev.block()), indent=2) + "\n")
+    ev = evaluate_predictions(pred, panel, backtest, out, title=f"distgru evaluation: {p.name}", source=str(p))
+    write_json(out / EVALUATION_JSON, ev.block())
     ev.files["evaluation_json"] = str(out / EVALUATION_JSON)
     return ev

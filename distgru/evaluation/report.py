@@ -24,7 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from distgru.evaluation.backtest import excess_returns, portfolio_metrics
-from distgru.evaluation.metrics import daily_table, heatmap_frame, monthly_table
+from distgru.metrics import daily_table, heatmap_frame, monthly_table
 
 Rows = Sequence[Mapping[str, object]] | pd.DataFrame
 

@@ -6,6 +6,8 @@ expression text, evaluated by :mod:`distgru.features.expr` with qlib's operator 
 
 from __future__ import annotations
 
+from distgru.features.sets import register_feature_set
+
 WINDOWS = (5, 10, 20, 30, 60)
 
 _KBAR = (
@@ -72,6 +74,7 @@ def group_of(name: str) -> str:
     return name.rstrip("0123456789")
 
 
+@register_feature_set(group=group_of)
 def alpha158() -> list[tuple[str, str]]:
     """(name, qlib expression) for all 158 features in qlib's column order."""
     rolling = [(f"{prefix}{d}", template.format(d=d)) for prefix, template in _ROLLING for d in WINDOWS]

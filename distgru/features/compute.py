@@ -1,10 +1,9 @@
-"""A BarPanel → Alpha158 / Alpha360 features and the label: a dense FeatureTable (``compute_features``) or the
-wanted rows as a frame (``feature_frame``)."""
+"""A BarPanel → a feature set's columns and the label: a dense FeatureTable (``compute_features``, what training
+reads) or the wanted rows as a frame (``feature_frame``, written straight into the frame's array)."""
 
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 import time
@@ -14,41 +13,20 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from distgru.config.schema import DEFAULT_LABEL
 from distgru.data.panel import REQUIRED_FIELDS, BarPanel
-from distgru.features.alpha158 import alpha158, group_of
-from distgru.features.alpha360 import alpha360
-from distgru.features.engine import ColumnSink, FrameSink, Sink, TableSink, evaluate_block, pack
+from distgru.features.engine import RowSink, Sink, TableSink, evaluate_block, pack
 from distgru.features.expr import Evaluator, ExpressionError, Node, extended_window, parse
-from distgru.features.table import FeatureTable
+from distgru.features.sets import feature_definitions, get_feature_set
+from distgru.features.table import FeatureTable, frame_index, frame_rows
 
 log = logging.getLogger(__name__)
 
-# name → (definitions, the progress-line group of a column)
-FEATURE_SETS: dict[str, tuple[Callable[[], list[tuple[str, str]]], Callable[[str], str]]] = {
-    "alpha158": (alpha158, group_of),
-    "alpha360": (alpha360, lambda name: name.rstrip("0123456789")),
-}
-
-
-def feature_definitions(feature_set: str = "alpha158", columns: list[str] | None = None) -> list[tuple[str, str]]:
-    """(name, expression) of a feature set, filtered like qlib's FilterCol: native order kept, unknowns an error."""
-    if feature_set not in FEATURE_SETS:
-        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {sorted(FEATURE_SETS)}")
-    defs = FEATURE_SETS[feature_set][0]()
-    if columns is None:
-        return defs
-    names = {n for n, _ in defs}
-    unknown = [c for c in columns if c not in names]
-    if unknown:
-        raise ValueError(f"{feature_set} has no column(s) {unknown}; valid names: {', '.join(n for n, _ in defs)}")
-    keep = set(columns)
-    return [(n, e) for n, e in defs if n in keep]
-
 
 def referenced_fields(feature_set: str = "alpha158", columns: list[str] | None = None,
-                      label: str = DEFAULT_LABEL) -> set[str]:
-    """The ``$fields`` the features and the label read (Alpha158: open, high, low, close, volume, vwap)."""
+                      label: str | None = None) -> set[str]:
+    """The ``$fields`` the features and the label (None: the set's default) read (Alpha158: open, high, low,
+    close, volume, vwap)."""
+    label = get_feature_set(feature_set).label if label is None else label
     nodes = [parse(expr) for _, expr in feature_definitions(feature_set, columns)] + [parse(label)]
     return set().union(*(node.fields() for node in nodes))
 
@@ -65,9 +43,12 @@ def data_range(fields: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return start, end
 
 
-def _prepare(panel: BarPanel, feature_set: str, columns: list[str] | None, label: str
+def _prepare(panel: BarPanel, feature_set: str, columns: list[str] | None, label: str | None
              ) -> tuple[list[tuple[str, str]], list[Node], dict[str, np.ndarray]]:
+    """Definitions, parsed roots (the label last) and fields; every name and expression is checked here, before
+    any work."""
     defs = feature_definitions(feature_set, columns)
+    label = get_feature_set(feature_set).label if label is None else label
     label_node = parse(label)
     missing = sorted(label_node.fields() - set(panel.fields))
     if missing:
@@ -80,93 +61,84 @@ def _prepare(panel: BarPanel, feature_set: str, columns: list[str] | None, label
     return defs, nodes, fields
 
 
-def _query_start(panel: BarPanel, start: str | pd.Timestamp | None) -> int:
-    return 0 if start is None else int(panel.calendar.searchsorted(pd.Timestamp(start), "left"))
+def _days(panel: BarPanel, start: str | pd.Timestamp | None, end: str | pd.Timestamp | None) -> tuple[int, int]:
+    """Calendar indices [first, stop) of ``start .. end`` (None: the calendar's first / last day)."""
+    calendar = panel.calendar
+    first = 0 if start is None else int(calendar.searchsorted(pd.Timestamp(start), "left"))
+    stop = len(calendar) if end is None else int(calendar.searchsorted(pd.Timestamp(end), "right"))
+    return first, max(first, stop)
 
 
 def compute_features(panel: BarPanel, feature_set: str = "alpha158", columns: list[str] | None = None,
-                     label: str = DEFAULT_LABEL, progress: bool = False, workers: int | None = None,
-                     start: str | pd.Timestamp | None = None) -> FeatureTable:
-    """Features and label with qlib's operator semantics, as float32, on the panel's whole [N, D] grid.
+                     label: str | None = None, progress: bool = False, workers: int | None = None,
+                     start: str | pd.Timestamp | None = None, end: str | pd.Timestamp | None = None
+                     ) -> FeatureTable:
+    """Features and label with qlib's operator semantics, as float32, on the days ``start .. end`` of the panel
+    (None: its first / last day) for every instrument.
 
     ``start`` is the first day the caller wants, as in qlib's ``D.features(..., start_time)``: each expression
     is then evaluated on the calendar from ``start`` minus its extended window (qlib's
     ``get_extended_window_size``, :func:`~distgru.features.expr.extended_window`), exactly the series qlib's
-    expression provider loads, so even the rounding state of pandas' rolling kernels matches qlib's; days before
-    ``start`` are NaN. ``start=None`` (or the first calendar day) evaluates every expression on each
-    instrument's full history, as qlib does for a query starting at the calendar's first day.
+    expression provider loads, so even the rounding state of pandas' rolling kernels matches qlib's.
+    ``start=None`` (or the first calendar day) evaluates every expression on each instrument's full history, as
+    qlib does for a query starting at the calendar's first day. The label reads past ``end`` as far as it looks
+    ahead.
 
-    Only the expressions ``columns`` needs are evaluated, sharing common sub-expressions. Days outside an
-    instrument's first..last bar are NaN (qlib has no rows there); membership is carried through unmasked.
-    A panel without ``$vwap`` gives NaN VWAP features, as qlib's public cn data does; the label must only use
-    fields the panel has. ``workers`` threads (default: one per CPU) take blocks of instruments
-    (:mod:`distgru.features.engine`); numpy's, pandas' and the compiled kernels release the GIL.
+    ``label`` None is the feature set's default label. Only the expressions ``columns`` needs are evaluated,
+    sharing common sub-expressions. Days outside an instrument's first..last bar are NaN (qlib has no rows
+    there); membership is carried through unmasked. A panel without ``$vwap`` gives NaN VWAP features, as qlib's
+    public cn data does; the label must only use fields the panel has. ``workers`` threads (default: one per CPU)
+    take blocks of instruments (:mod:`distgru.features.engine`); numpy's and the compiled kernels release the GIL.
     """
     defs, nodes, fields = _prepare(panel, feature_set, columns, label)
-    n, d = panel.shape
-    first = _query_start(panel, start)
-    values = np.full((n, d, len(defs)), np.nan, dtype=np.float32)
-    labels = np.full((n, d), np.nan, dtype=np.float32)
-    _evaluate(fields, defs, nodes, first, *data_range(fields), TableSink(values, labels, first), feature_set,
-              progress, workers)
-    return FeatureTable(calendar=panel.calendar, instruments=panel.instruments, names=tuple(n for n, _ in defs),
-                        values=values, label=labels, membership=panel.membership)
+    first, stop = _days(panel, start, end)
+    n = panel.shape[0]
+    values = np.full((n, stop - first, len(defs)), np.nan, dtype=np.float32)
+    labels = np.full((n, stop - first), np.nan, dtype=np.float32)
+    first_bar, last_bar = data_range(fields)
+    _evaluate(fields, defs, nodes, first, first_bar, _end_day(nodes, last_bar, np.full(n, stop - 1)),
+              TableSink(values, labels, first), feature_set, progress, workers)
+    return FeatureTable(calendar=panel.calendar[first:stop], instruments=panel.instruments,
+                        names=tuple(name for name, _ in defs), values=values, label=labels,
+                        membership=panel.membership[:, first:stop])
 
 
 def feature_frame(panel: BarPanel, feature_set: str = "alpha158", columns: list[str] | None = None,
-                  label: str = DEFAULT_LABEL, start: str | pd.Timestamp | None = None,
+                  label: str | None = None, start: str | pd.Timestamp | None = None,
                   end: str | pd.Timestamp | None = None, order: str = "datetime", progress: bool = False,
                   workers: int | None = None, label_name: str = "LABEL0") -> pd.DataFrame:
-    """The member rows of ``start..end`` as a frame: ``compute_features(...).to_frame(start, end)`` without the
-    dense table.
+    """The member rows of ``start..end`` as a frame: ``compute_features(...).to_frame(start, end, order=order)``
+    without the dense table.
 
-    Same values, bit for bit; one float32 column per feature plus the label. ``order="datetime"``: indexed
-    (datetime, instrument) and sorted, as qlib's data handlers hold features; ``"instrument"``: indexed
-    (instrument, datetime) and sorted, as qlib's ``D.features`` returns them (an instrument's rows adjacent, so
-    each column is written in runs). Each instrument is evaluated only up to its last wanted row (plus the
-    label's look-ahead), and results go straight into the frame's own array.
+    Same values, bit for bit; one float32 column per feature plus the label. Each instrument is evaluated only
+    up to its last wanted row (plus the label's look-ahead), and results go straight into the frame's own array
+    (:class:`~distgru.features.engine.RowSink`): on CSI300's 16 years that skips a 1.9 GB table and its
+    gather, a third of ``distgru features``' time and peak memory (BENCHMARKS.md).
     """
-    if order not in ("datetime", "instrument"):
-        raise ValueError(f"order must be 'datetime' or 'instrument', got {order!r}")
     defs, nodes, fields = _prepare(panel, feature_set, columns, label)
-    n, d = panel.shape
-    first = _query_start(panel, start)
-    stop = d if end is None else int(panel.calendar.searchsorted(pd.Timestamp(end), "right"))
-    keep = np.zeros((n, d), dtype=bool)
+    first, stop = _days(panel, start, end)
+    keep = np.zeros(panel.shape, dtype=bool)
     keep[:, first:stop] = panel.membership[:, first:stop]
-    if order == "datetime":
-        day_idx, inst_idx = np.nonzero(keep.T)
-    else:
-        inst_idx, day_idx = np.nonzero(keep)
-    position = np.full((n, d), -1, dtype=np.int64)
+    day_idx, inst_idx = frame_rows(keep, order)
+    position = np.full(panel.shape, -1, dtype=np.int64)
     position[inst_idx, day_idx] = np.arange(len(day_idx))
-    last_wanted = np.where(keep.any(axis=1), d - 1 - np.argmax(keep[:, ::-1], axis=1), -1)
-    right = max(extended_window(node)[1] for node in nodes)
-    lo_day, hi_day = data_range(fields)
-    # Wanted rows without a bar on that day (a member span reaching past the data) stay NaN.
-    uncovered = np.flatnonzero((day_idx < lo_day[inst_idx]) | (day_idx > hi_day[inst_idx]))
-    end_day = np.where(last_wanted >= 0, np.minimum(hi_day, last_wanted + right), -1)
-    names = [*(name for name, _ in defs), label_name]
-    if order == "datetime":
-        out = _small_pages((len(day_idx), len(names)))
-        out[uncovered] = np.nan
-        sink: Sink = FrameSink(out, position)
-        data = out
-    else:
-        out = _small_pages((len(names), len(day_idx)))
-        out[:, uncovered] = np.nan
-        sink = ColumnSink(out, position)
-        data = out.T
-    _evaluate(fields, defs, nodes, first, lo_day, end_day, sink, feature_set, progress, workers)
-    frame = pd.DataFrame(data, columns=names, copy=False)
-    days, symbols = panel.calendar, pd.Index(panel.instruments)
-    if order == "datetime":
-        frame.index = pd.MultiIndex(levels=[days, symbols], codes=[day_idx, inst_idx],
-                                    names=["datetime", "instrument"], verify_integrity=False)
-    else:
-        frame.index = pd.MultiIndex(levels=[symbols, days], codes=[inst_idx, day_idx],
-                                    names=["instrument", "datetime"], verify_integrity=False)
+    last_wanted = np.where(keep.any(axis=1), panel.shape[1] - 1 - np.argmax(keep[:, ::-1], axis=1), -1)
+    first_bar, last_bar = data_range(fields)
+    # Every cell of a row with a bar is written; rows without one (a member span past the data) stay NaN.
+    out = np.empty((len(day_idx), len(defs) + 1), dtype=np.float32)
+    out[(day_idx < first_bar[inst_idx]) | (day_idx > last_bar[inst_idx])] = np.nan
+    _evaluate(fields, defs, nodes, first, first_bar, _end_day(nodes, last_bar, last_wanted),
+              RowSink(out, position), feature_set, progress, workers)
+    frame = pd.DataFrame(out, columns=[*(name for name, _ in defs), label_name], copy=False)
+    frame.index = frame_index(panel.calendar, panel.instruments, day_idx, inst_idx, order)
     return frame
+
+
+def _end_day(nodes: list[Node], last_bar: np.ndarray, last_wanted: np.ndarray) -> np.ndarray:
+    """The last day to evaluate each instrument on: its last wanted day plus the label's look-ahead, within its
+    bars (-1: none)."""
+    right = max(extended_window(node)[1] for node in nodes)
+    return np.where(last_wanted >= 0, np.minimum(last_bar, last_wanted + right), -1)
 
 
 def _evaluate(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes: list[Node], first: int,
@@ -183,11 +155,10 @@ def _evaluate(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes:
         plan.setdefault(max(0, first - extended_window(node)[0]), []).append(j)
     work = [(q, block) for q, members in sorted(plan.items())
             for block in pack(np.maximum(first_bar, q), end_day)]
-    group_name = FEATURE_SETS[feature_set][1]
+    group_name = get_feature_set(feature_set).group
     t0 = time.perf_counter()
     done = [0]
     lock = threading.Lock()
-    _keep_freed_memory()
 
     def log_group(block_index: int) -> Callable[[int], None] | None:
         if not progress or block_index:
@@ -220,36 +191,6 @@ def _evaluate(fields: dict[str, np.ndarray], defs: list[tuple[str, str]], nodes:
     if progress:
         log.info("features %s: %d columns and label, %d instrument blocks in %.1fs (%d threads)", feature_set,
                  len(defs), len(work), time.perf_counter() - t0, threads)
-
-
-def _small_pages(shape: tuple[int, int]) -> np.ndarray:
-    """An uninitialised float32 array on ordinary 4 KiB pages.
-
-    numpy asks the kernel for transparent huge pages on large arrays; where the kernel then compacts memory to
-    find them (``defrag=madvise``, a common default), the first writes to a frame-sized array stall for 2-3× as
-    long as with small pages (0.9 s vs 0.37 s for 680 MB on the benchmark machine). Anonymous ``mmap`` pages
-    come without that advice.
-    """
-    count = shape[0] * shape[1]
-    buffer = mmap.mmap(-1, max(1, count * 4))
-    return np.frombuffer(buffer, dtype=np.float32, count=count).reshape(shape)
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc serve the engine's large temporaries from its heap and keep freed memory for reuse.
-
-    By default every allocation over 128 KiB is a fresh mmap, and each of the engine's thousands of temporaries
-    then costs a round of page faults (a third of the CPU time on a loaded host). Raising the mmap and trim
-    thresholds (glibc ``mallopt``; a no-op elsewhere) keeps those pages mapped between temporaries.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: 32 MiB, glibc's maximum on 64-bit
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-2, 1 << 26)  # M_TOP_PAD
-    except (OSError, AttributeError):
-        pass
 
 
 def _cpus() -> int:

@@ -1,9 +1,8 @@
 """Compiled rolling kernels (numba) over ``[instrument, day]`` float64 arrays, one row at a time.
 
-The order-statistic operators (IdxMax/IdxMin, Quantile, Rank): they only compare and pick values, then do the
-same few float operations, in the same order, as the numpy versions in :mod:`distgru.features.fallback`, so
-results are bit-identical. (Sum, Mean and Std: :mod:`distgru.features.moments`.) Also the two copies that move a
-block's results into a frame's rows (:class:`distgru.features.engine.FrameSink`).
+The order-statistic operators (IdxMax/IdxMin, Quantile, Rank) and qlib's rolling regression (Slope, Rsquare,
+Resi); :mod:`distgru.features.ops` documents their semantics. (Sum, Mean, Std and Corr:
+:mod:`distgru.features.moments`.)
 
 The kernels are ``nogil``: :func:`distgru.features.compute.compute_features` runs blocks of instruments on
 threads. ``cache=True`` keeps the machine code on disk (``__pycache__``), so only the first run pays compilation.
@@ -54,33 +53,6 @@ def roll_argext(x, w, start, largest, out):  # pragma: no cover - compiled
                 out[r, t] = nans[n_head] - lo + 1
             else:
                 out[r, t] = cand[c_head] - lo + 1
-
-
-@njit(cache=True, nogil=True)
-def take_column(value, src, stage, k):  # pragma: no cover - compiled
-    """stage[k] = value.ravel()[src]: one output column of a block, at its wanted cells."""
-    flat = value.ravel()
-    for i in range(src.shape[0]):
-        stage[k, i] = flat[src[i]]
-
-
-@njit(cache=True, nogil=True)
-def copy_runs(value, src, dest, length, column):  # pragma: no cover - compiled
-    """column[dest[k]:dest[k] + length[k]] = value.ravel()[src[k]:src[k] + length[k]] for each run k."""
-    flat = value.ravel()
-    for k in range(src.shape[0]):
-        a, b = src[k], dest[k]
-        for i in range(length[k]):
-            column[b + i] = flat[a + i]
-
-
-@njit(cache=True, nogil=True)
-def put_rows(out, dest, first_col, stage, n_cols):  # pragma: no cover - compiled
-    """out[dest[i], first_col:first_col + n_cols] = stage[:n_cols, i]: staged columns to their output rows."""
-    for i in range(dest.shape[0]):
-        row = dest[i]
-        for c in range(n_cols):
-            out[row, first_col + c] = stage[c, i]
 
 
 @njit(cache=True, nogil=True)
@@ -161,9 +133,9 @@ def roll_rank(x, w, out):  # pragma: no cover - compiled
 def roll_regression(x, w, slot, out):  # pragma: no cover - compiled
     """qlib's Slope / R² (unmasked r·r) / Resi into ``out[slot[k]]`` (k = 0, 1, 2; slot < 0: not wanted).
 
-    The same float operations in the same order as :func:`distgru.features.ops.rolling_regression`'s numpy
-    path: the running sums Σy, Σy², Σ(position·y) updated as ``(s + -removed) + added``, the position sums as
-    exact integers (window differences of cumulative sums), then the closed-form OLS.
+    qlib's Cython update order and rounding: the running sums Σy, Σy², Σ(position·y) updated as
+    ``(s + -removed) + added``, the position sums as exact integers (window differences of cumulative sums), then
+    the closed-form OLS.
     """
     n, d = x.shape
     v = np.empty(d)

@@ -8,28 +8,25 @@ NaN before its rolling kernels).
 How each family is computed, all instruments in one call (no per-instrument Python loop):
 
 - Mean, Sum, Std: compiled replicas of pandas' own rolling kernels (:mod:`distgru.features.moments`), the code
-  qlib runs per instrument, bit for bit; without numba, pandas' Cython kernels row by row.
+  qlib runs per instrument, bit for bit.
 - Corr: likewise, a compiled replica of pandas' ``roll_corr``.
 - Max, Min: van Herk / Gil-Werman blocks of ``w`` days (a window is one block's suffix plus the next block's
   prefix), O(D) whatever the window.
 - Slope, Rsquare, Resi: qlib's running sums replayed in its update order, positions relative to the window's
   last day (exact integers), the closed-form OLS of qlib's Cython kernels.
 - Slope/Rsquare/Resi, Quantile, Rank, IdxMax, IdxMin: numba kernels (:mod:`distgru.features.kernels`), one row at
-  a time; :mod:`distgru.features.fallback` has bit-identical numpy versions for installs without numba.
+  a time.
+
+numba is a hard dependency: the compiled kernels are the only implementation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
-try:  # compiled loops; without numba, pandas' kernels and distgru.features.fallback's numpy versions
-    from distgru.features import kernels as _kernels
-    from distgru.features import moments as _moments
-except ImportError:  # pragma: no cover - numba not installed
-    _kernels = _moments = None
+from distgru.features import kernels, moments
 
 # qlib masks Corr and Rsquare where the rolling std is "close to zero" with np.isclose(std, 0, atol=2e-5).
 STD_ATOL = 2e-5
@@ -95,65 +92,7 @@ def compare(a: np.ndarray | float, b: np.ndarray | float, op: str) -> np.ndarray
         return fn(a, b).astype(np.float32)
 
 
-# ---------------------------------------------------------------- pandas-backed windows
-
-
-def _rolling(x: np.ndarray, w: int) -> pd.core.window.rolling.Rolling:
-    """pandas rolling over all instruments at once: a [D, N] frame viewing x (one Cython pass per column).
-
-    These are the very kernels qlib calls per instrument (Kahan-summed means, Welford variance), so values agree
-    with qlib's to the last bits wherever the arithmetic is well conditioned.
-    """
-    return pd.DataFrame(np.asarray(x).T, copy=False).rolling(w, min_periods=1)
-
-
-def _unframe(frame: pd.DataFrame) -> np.ndarray:
-    """Back to [N, D]; read-only under pandas' copy-on-write, so callers build new arrays rather than edit it."""
-    return frame.to_numpy(dtype=np.float64).T
-
-
-def _pandas_kernel(name: str):
-    try:
-        from pandas._libs.window import aggregations
-    except ImportError:  # pragma: no cover - a pandas without the private module: the public API below
-        return None
-    return getattr(aggregations, name, None)
-
-
-_ROLL_KERNELS = {name: _pandas_kernel(name) for name in ("roll_sum", "roll_mean", "roll_var")}
-
-
-def _bounds(d: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """pandas' fixed-window bounds for ``rolling(w, min_periods=1)``: [max(0, t - w + 1), t + 1)."""
-    end = np.arange(1, d + 1, dtype=np.int64)
-    return np.maximum(end - w, 0), end
-
-
-def _roll_rows(kernel, x: np.ndarray, w: int, *extra: int) -> np.ndarray:
-    """pandas' Cython window kernel on each instrument's row: the code ``Series.rolling`` runs, without the
-    frame machinery around it (several times the kernel's own cost)."""
-    start, end = _bounds(x.shape[1], w)
-    out = np.empty(x.shape)
-    for i in range(x.shape[0]):
-        out[i] = kernel(x[i], start, end, 1, *extra)
-    return out
-
-
-def _sum_count(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window sums of the finite values and their counts, from float64 cumulative sums.
-
-    The rounding error is ~1e-16 of the history's running total, far below float32 output precision; a window of
-    zeros (a suspension's volume) sums to exactly 0, as pandas' kernel gives.
-    """
-    x = np.asarray(x)
-    valid = np.isfinite(x)
-    c = np.cumsum(np.where(valid, x, 0.0), axis=1, dtype=np.float64)
-    s = c.copy()
-    s[:, w:] -= c[:, :-w]
-    k = np.cumsum(valid, axis=1, dtype=np.float64, out=c)
-    n = k.copy()
-    n[:, w:] -= k[:, :-w]
-    return s, n
+# ---------------------------------------------------------------- compiled moments
 
 
 def _as_float(x: np.ndarray) -> np.ndarray:
@@ -162,7 +101,7 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
 
-def _compiled(kernel, x: np.ndarray, w: int) -> np.ndarray:
+def _compiled(kernel: Callable[[np.ndarray, int, np.ndarray], None], x: np.ndarray, w: int) -> np.ndarray:
     out = np.empty(np.shape(x))
     kernel(_as_float(x), w, out)
     return out
@@ -170,25 +109,12 @@ def _compiled(kernel, x: np.ndarray, w: int) -> np.ndarray:
 
 def rolling_sum(x: np.ndarray, w: int) -> np.ndarray:
     """pandas' rolling sum (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
-    if _moments is not None:
-        return _compiled(_moments.roll_sum, x, w)
-    if _ROLL_KERNELS["roll_sum"] is not None:
-        return _roll_rows(_ROLL_KERNELS["roll_sum"], _float(x), w)
-    s, n = _sum_count(x, w)
-    s[n == 0] = np.nan
-    return s
+    return _compiled(moments.roll_sum, x, w)
 
 
 def rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
     """pandas' rolling mean (Kahan-summed, exact on runs of one repeated value), as qlib computes it."""
-    if _moments is not None:
-        return _compiled(_moments.roll_mean, x, w)
-    if _ROLL_KERNELS["roll_mean"] is not None:
-        return _roll_rows(_ROLL_KERNELS["roll_mean"], _float(x), w)
-    s, n = _sum_count(x, w)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s /= n
-    return s
+    return _compiled(moments.roll_mean, x, w)
 
 
 def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
@@ -199,16 +125,7 @@ def rolling_std(x: np.ndarray, w: int) -> np.ndarray:
     the same drift, amplified by ``/($volume+1e-12)`` in VSTD and WVMA, so it is kept bit for bit: callers start
     the series where qlib's query would (see :func:`distgru.features.expr.extended_window`).
     """
-    if _moments is not None:
-        return _compiled(_moments.roll_std, x, w)
-    if _ROLL_KERNELS["roll_var"] is None:
-        return _unframe(_rolling(_finite(x), w).std())
-    var = _roll_rows(_ROLL_KERNELS["roll_var"], _float(x), w, 1)
-    # pandas' zsqrt: negative rounding residue reads as 0.
-    negative = var < 0
-    std = np.sqrt(var, out=var, where=~negative)
-    std[negative] = 0.0
-    return std
+    return _compiled(moments.roll_std, x, w)
 
 
 # ---------------------------------------------------------------- blocked extrema
@@ -243,14 +160,6 @@ def rolling_min(x: np.ndarray, w: int) -> np.ndarray:
     return _rolling_extreme(_finite(x), w, np.fmin).astype(np.float64)
 
 
-def rolling_count(x: np.ndarray, w: int) -> np.ndarray:
-    """Finite elements in each window."""
-    c = np.cumsum(np.isfinite(x), axis=1, dtype=np.int32)
-    out = c.astype(np.float64)
-    out[:, w:] -= c[:, :-w]
-    return out
-
-
 # ---------------------------------------------------------------- correlation and regression
 
 
@@ -260,44 +169,16 @@ def _near_zero(std: np.ndarray) -> np.ndarray:
         return np.abs(std) <= STD_ATOL
 
 
-def _roll_corr_kernel():
-    try:
-        from pandas._libs.window.aggregations import roll_corr
-    except ImportError:  # pandas < 3 computes corr from rolling means and variances: use its public API
-        return None
-    return roll_corr
-
-
-_ROLL_CORR = _roll_corr_kernel()
-
-
-def _pandas_corr(a: np.ndarray, b: np.ndarray, w: int) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if _ROLL_CORR is None:
-            fa, fb = pd.DataFrame(a.T, copy=False), pd.DataFrame(b.T, copy=False)
-            return _unframe(fa.rolling(w, min_periods=1).corr(fb))
-        x, y = a + 0 * b, b + 0 * a
-        start, end = _bounds(a.shape[1], w)
-        corr = np.empty(a.shape)
-        for i in range(a.shape[0]):
-            corr[i] = _ROLL_CORR(x[i], y[i], start, end, 1)
-        return corr
-
-
 def rolling_corr(a: np.ndarray, b: np.ndarray, w: int, std_a: np.ndarray | None = None,
                  std_b: np.ndarray | None = None) -> np.ndarray:
     """pandas' rolling Pearson correlation (pairwise-valid elements); NaN where either input's rolling std ≈ 0.
 
     ``std_a``/``std_b``: the inputs' ``rolling_std`` when the caller has them already. A day where either input
     is NaN is skipped, as pandas pairs two frames. The compiled replica of pandas' ``roll_corr``
-    (:mod:`distgru.features.moments`) gives pandas' values to 1 ulp; without numba each instrument goes to pandas' own
-    kernel, skipping the per-column Series machinery of ``DataFrame.rolling().corr()`` (ten times its cost).
+    (:mod:`distgru.features.moments`) gives pandas' values to 1 ulp.
     """
-    if _moments is not None:
-        corr = np.empty(np.shape(a))
-        _moments.roll_corr(_as_float(a), _as_float(b), w, corr)
-    else:
-        corr = _pandas_corr(_float(a), _float(b), w)
+    corr = np.empty(np.shape(a))
+    moments.roll_corr(_as_float(a), _as_float(b), w, corr)
     std_a = rolling_std(a, w) if std_a is None else std_a
     std_b = rolling_std(b, w) if std_b is None else std_b
     corr[_near_zero(std_a) | _near_zero(std_b)] = np.nan
@@ -310,61 +191,58 @@ def rolling_regression(x: np.ndarray, w: int, which: Sequence[str], std: np.ndar
 
     ``which`` picks among ``slope``, ``rsquare`` (NaN where the rolling std of x ≈ 0; ``std`` is x's
     ``rolling_std`` if the caller has it) and ``resi``; they share one set of window sums. The sums are qlib's
-    running sums with its update order and rounding: the value sums (Σy, Σy², Σ(position·y)) from sequential
-    accumulations (:func:`_running`), the position sums as exact integers. So even degenerate windows (a
+    running sums with its update order and rounding: the value sums (Σy, Σy², Σ(position·y)) updated day by day
+    as qlib's Cython ``update()`` does, the position sums as exact integers. So even degenerate windows (a
     suspension's flat price, where the result is rounding noise such as R² = 0) agree with qlib, provided the
     series starts where qlib's does.
     """
-    if _kernels is not None:
-        x = np.asarray(x, dtype=np.float64)
-        slot = np.array([which.index(k) if k in which else -1 for k in ("slope", "rsquare", "resi")])
-        res = np.empty((len(which), *x.shape))
-        _kernels.roll_regression(x, w, slot, res)
-        out = dict(zip(which, res, strict=True))
-        if "rsquare" in out:
-            std = rolling_std(x, w) if std is None else std
-            out["rsquare"][_near_zero(std)] = np.nan
-        return out
-    return _fallback.rolling_regression(x, w, which, std)
+    x = np.asarray(x, dtype=np.float64)
+    slot = np.array([which.index(k) if k in which else -1 for k in ("slope", "rsquare", "resi")])
+    res = np.empty((len(which), *x.shape))
+    kernels.roll_regression(x, w, slot, res)
+    out = dict(zip(which, res, strict=True))
+    if "rsquare" in out:
+        std = rolling_std(x, w) if std is None else std
+        out["rsquare"][_near_zero(std)] = np.nan
+    return out
 
 
 # ---------------------------------------------------------------- order statistics
 
 
-def rolling_quantiles(x: np.ndarray, w: int, qs: Sequence[float]) -> list[np.ndarray]:
-    """pandas' rolling quantile with linear interpolation, for several levels from one sort of each window."""
+def _levels(qs: Sequence[float]) -> np.ndarray:
     for q in qs:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"Quantile: level must be in [0, 1], got {q}")
-    if _kernels is not None:
-        out = np.empty((len(qs), *np.shape(x)))
-        _kernels.roll_order_stats(_float(x), w, np.asarray(qs, dtype=np.float64), out, False, out[:0, 0])
-        return list(out)
-    return _fallback.rolling_quantiles(x, w, qs)
+    return np.asarray(qs, dtype=np.float64)
+
+
+def rolling_quantiles(x: np.ndarray, w: int, qs: Sequence[float]) -> list[np.ndarray]:
+    """pandas' rolling quantile with linear interpolation, for several levels from one sort of each window."""
+    levels = _levels(qs)
+    out = np.empty((len(qs), *np.shape(x)))
+    kernels.roll_order_stats(_float(x), w, levels, out, False, out[:0, 0])
+    return list(out)
 
 
 def rolling_order_stats(x: np.ndarray, w: int, qs: Sequence[float], rank: bool
                         ) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Quantiles at levels ``qs`` and (``rank``) the percentile rank of one input and window: one sorted window
     serves all of them (Alpha158's QTLU/QTLD/RANK share ``$close`` and the window)."""
-    if _kernels is None or not rank:
-        return (rolling_quantiles(x, w, qs) if qs else []), (rolling_rank(x, w) if rank else None)
-    for q in qs:
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"Quantile: level must be in [0, 1], got {q}")
+    if not rank:
+        return (rolling_quantiles(x, w, qs) if qs else []), None
+    levels = _levels(qs)
     out = np.empty((len(qs), *np.shape(x)))
     ranks = np.empty(np.shape(x))
-    _kernels.roll_order_stats(_float(x), w, np.asarray(qs, dtype=np.float64), out, True, ranks)
+    kernels.roll_order_stats(_float(x), w, levels, out, True, ranks)
     return list(out), ranks
 
 
 def rolling_rank(x: np.ndarray, w: int) -> np.ndarray:
     """Percentile rank of each day's value within its window (average ties), as pandas rank(pct=True)."""
-    if _kernels is not None:
-        out = np.empty(np.shape(x))
-        _kernels.roll_rank(_float(x), w, out)
-        return out
-    return _fallback.rolling_rank(x, w)
+    out = np.empty(np.shape(x))
+    kernels.roll_rank(_float(x), w, out)
+    return out
 
 
 def rolling_argext(x: np.ndarray, w: int, start: np.ndarray, largest: bool) -> np.ndarray:
@@ -374,12 +252,6 @@ def rolling_argext(x: np.ndarray, w: int, start: np.ndarray, largest: bool) -> n
     before ``start`` (each instrument's first bar) are outside qlib's series, so they shorten the window instead
     of counting as NaN.
     """
-    if _kernels is not None:
-        out = np.empty(np.shape(x))
-        _kernels.roll_argext(_float(x), w, np.asarray(start, dtype=np.int64), largest, out)
-        return out
-    return _fallback.rolling_argext(x, w, start, largest)
-
-
-from distgru.features import fallback as _fallback  # noqa: E402 - numpy fallbacks; they call back into this module
-from distgru.features.fallback import _running  # noqa: E402, F401 - qlib's running-sum replay, tested directly
+    out = np.empty(np.shape(x))
+    kernels.roll_argext(_float(x), w, np.asarray(start, dtype=np.int64), largest, out)
+    return out

@@ -1,4 +1,4 @@
-"""Feature tables: dense ``[instrument, day, feature]`` arrays plus the label, before and after processing."""
+"""The raw feature table: dense ``[instrument, day, feature]`` arrays plus the label, before processing."""
 
 from __future__ import annotations
 
@@ -8,9 +8,33 @@ import numpy as np
 import pandas as pd
 
 
+def frame_rows(keep: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray]:
+    """(day, instrument) indices of the True cells of ``keep`` [N, D], sorted by ``order``: ``datetime``
+    (day-major, as qlib's data handlers hold features) or ``instrument`` (as qlib's ``D.features`` returns them)."""
+    if order == "datetime":
+        return np.nonzero(keep.T)
+    if order == "instrument":
+        inst_idx, day_idx = np.nonzero(keep)
+        return day_idx, inst_idx
+    raise ValueError(f"order must be 'datetime' or 'instrument', got {order!r}")
+
+
+def frame_index(calendar: pd.DatetimeIndex, instruments: tuple[str, ...], day_idx: np.ndarray,
+                inst_idx: np.ndarray, order: str) -> pd.MultiIndex:
+    """The (datetime, instrument) or (instrument, datetime) index of those rows."""
+    # Levels plus codes: no factorising of a million timestamps and symbols, which from_arrays would do.
+    days, symbols = calendar, pd.Index(instruments)
+    if order == "datetime":
+        return pd.MultiIndex(levels=[days, symbols], codes=[day_idx, inst_idx], names=["datetime", "instrument"],
+                             verify_integrity=False)
+    return pd.MultiIndex(levels=[symbols, days], codes=[inst_idx, day_idx], names=["instrument", "datetime"],
+                         verify_integrity=False)
+
+
 @dataclass(frozen=True)
 class FeatureTable:
-    """Raw features and label on the panel's full calendar (computed on each instrument's whole history).
+    """Raw features and label on the days asked for (by default the panel's whole calendar, computed on each
+    instrument's whole history).
 
     ``membership`` marks the rows that belong to the universe; only those become samples, but the others are kept
     because look-back windows may reach them (qlib computes on the full series, then masks).
@@ -31,48 +55,19 @@ class FeatureTable:
     label_name: str = "LABEL0"
     """Column name of the label in frames."""
 
-    def to_frame(self, start: str | None = None, end: str | None = None, masked: bool = True) -> pd.DataFrame:
-        """Long frame indexed (datetime, instrument), sorted, one float32 column per feature plus the label.
+    def to_frame(self, start: str | None = None, end: str | None = None, masked: bool = True,
+                 order: str = "datetime") -> pd.DataFrame:
+        """Long frame of days ``start .. end``, one float32 column per feature plus the label, indexed and sorted
+        by ``order`` (see :func:`frame_rows`).
 
         ``masked`` keeps only member rows (qlib's market universe); otherwise every row with a bar is kept.
         """
         lo = 0 if start is None else int(self.calendar.searchsorted(pd.Timestamp(start), "left"))
         hi = len(self.calendar) if end is None else int(self.calendar.searchsorted(pd.Timestamp(end), "right"))
         keep = self.membership[:, lo:hi] if masked else np.ones((len(self.instruments), hi - lo), dtype=bool)
-        # Day-major order (datetime, instrument) as qlib's frames are sorted.
-        day_idx, inst_idx = np.nonzero(keep.T)
+        day_idx, inst_idx = frame_rows(keep, order)
         day_idx = day_idx + lo
-        data = self.values[inst_idx, day_idx, :]
-        frame = pd.DataFrame(data, columns=list(self.names), copy=False)
+        frame = pd.DataFrame(self.values[inst_idx, day_idx, :], columns=list(self.names), copy=False)
         frame[self.label_name] = self.label[inst_idx, day_idx]
-        frame.index = pd.MultiIndex.from_arrays(
-            [self.calendar[day_idx], np.asarray(self.instruments, dtype=object)[inst_idx]],
-            names=["datetime", "instrument"],
-        )
+        frame.index = frame_index(self.calendar, self.instruments, day_idx, inst_idx, order)
         return frame
-
-
-@dataclass(frozen=True)
-class ProcessedPanel:
-    """What training consumes: processed features, both labels, membership and segment bounds.
-
-    Follows qlib's data keys: ``features`` are the infer-processed features (DK_I, what the model scores),
-    ``label_learn`` is the learn-processed training target (DK_L: CSRankNorm-ed, NaN where DropnaLabel drops),
-    ``label_raw`` is the raw label that IC and backtests use (DK_R).
-    """
-
-    calendar: pd.DatetimeIndex
-    instruments: tuple[str, ...]
-    feature_names: tuple[str, ...]
-    features: np.ndarray
-    """float32 [N, D, F] after the infer processors (NaN-free after Fillna)."""
-    label_raw: np.ndarray
-    """float32 [N, D]."""
-    label_learn: np.ndarray
-    """float32 [N, D]; NaN marks rows DropnaLabel removed (they are gaps inside training windows)."""
-    membership: np.ndarray
-    """bool [N, D]: rows present in the handler's data (universe members)."""
-    segments: dict[str, tuple[int, int]]
-    """Segment name → [first_day, last_day + 1) indices into ``calendar``."""
-    weight: np.ndarray | None = None
-    """Optional float32 [N, D] per-sample weight column from the data."""

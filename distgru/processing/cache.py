@@ -13,6 +13,10 @@ A feature key hashes the data fingerprint, the feature set and columns, the labe
 code version; a panel key hashes a feature key with everything processing reads (specs, fit window, day
 range). The manifest is written after the data file, both by rename, so a reader never sees half an entry: a
 manifest present means its data is complete.
+
+Each manifest carries SHA-256 checksums of its data file and of its own other keys, verified on every read: a
+flipped byte that leaves the file readable (a disk or copy fault) would otherwise be a silent "cache hit" on wrong
+values. A mismatch is a logged warning naming the file, and the entry counts as a miss (recomputed, rewritten).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,10 @@ _VALUES = "__values__"
 _MEMBERSHIP = "__membership__"
 _LABEL_RAW = "__label_raw__"
 _LABEL_LEARN = "__label_learn__"
+_CHECKSUM = "checksum"
+_HASH_CHUNK = 32 << 20
+_ALGORITHM = "sha256 of 32 MiB chunk sha256s"
+"""Named in each manifest: an entry summed another way is recomputed, not reported as corrupt."""
 
 
 def make_key(parts: dict[str, Any]) -> str:
@@ -60,13 +70,56 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _file_digest(path: Path) -> str:
+    """SHA-256 of the SHA-256s of the file's 32 MiB chunks, hashed on parallel threads over a memory map.
+
+    SHA-256 runs at ~1 GB/s a core here (SHA-NI; measured faster than blake2b: 0.29 s against 0.66 s for
+    256 MB), and hashlib releases the GIL, so on a many-core training host the chunks cost a fraction of that.
+    An empty file cannot be mapped: ValueError (the caller's "unreadable").
+    """
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        chunks = [memoryview(view)[i:i + _HASH_CHUNK] for i in range(0, len(view), _HASH_CHUNK)]
+        try:
+            with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1, 8)) as pool:
+                parts = list(pool.map(lambda chunk: hashlib.sha256(chunk).digest(), chunks))
+        finally:
+            for chunk in chunks:  # the map refuses to close while a view of it is alive
+                chunk.release()
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != _CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _write_entry(stem: Path, columns: dict[str, pa.Array | np.ndarray], manifest: dict[str, Any]) -> None:
     table = pa.table({name: pa.array(values) if isinstance(values, np.ndarray) else values
                       for name, values in columns.items()})
-    # One record batch, so a memory-mapped read hands out each column without a copy.
-    _atomic(stem.with_suffix(".arrow"), lambda p: feather.write_feather(
-        table, str(p), compression="uncompressed", chunksize=max(1, table.num_rows)))
-    _atomic(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(manifest)))
+    digest: dict[str, str] = {}
+
+    def write_data(path: Path) -> None:
+        # One record batch, so a memory-mapped read hands out each column without a copy.
+        feather.write_feather(table, str(path), compression="uncompressed", chunksize=max(1, table.num_rows))
+        # Hashed before the rename, so the sum is of the bytes this writer produced.
+        digest["data"] = _file_digest(path)
+
+    _atomic(stem.with_suffix(".arrow"), write_data)
+    sums = {"algorithm": _ALGORITHM, "data": digest["data"], "manifest": _manifest_digest(manifest)}
+    _atomic(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps({**manifest, _CHECKSUM: sums})))
+
+
+def _checksum_problem(stem: Path, manifest: dict[str, Any]) -> tuple[str, bool] | None:
+    """(why the entry cannot be trusted, whether that is corruption) or None when both sums match."""
+    sums = manifest.get(_CHECKSUM)
+    if not isinstance(sums, dict) or sums.get("algorithm") != _ALGORITHM:
+        return f"{stem.with_suffix('.json')}: no checksum of this kind (written by an older distgru)", False
+    if sums.get("manifest") != _manifest_digest(manifest):
+        return f"{stem.with_suffix('.json')}: manifest checksum mismatch", True
+    data = stem.with_suffix(".arrow")
+    if sums.get("data") != _file_digest(data):
+        return f"{data}: content checksum mismatch (changed or corrupted since it was written)", True
+    return None
 
 
 def _read_entry(stem: Path) -> tuple[pa.Table, dict[str, Any]] | None:
@@ -75,6 +128,12 @@ def _read_entry(stem: Path) -> tuple[pa.Table, dict[str, Any]] | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
+        problem = _checksum_problem(stem, manifest)
+        if problem is not None:
+            why, corrupt = problem
+            # Corruption is worth a warning; an entry from before checksums existed is routine.
+            (log.warning if corrupt else log.info)("cache entry %s; ignoring it and recomputing", why)
+            return None
         table = feather.read_table(str(stem.with_suffix(".arrow")), memory_map=True)
     except (OSError, ValueError, pa.ArrowException) as e:
         log.warning("cache entry %s unreadable (%s); recomputing", stem, e)

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ import distgru.features
 from distgru.config import Config, ConfigError
 from distgru.data.load import load_bars
 from distgru.data.panel import BarPanel, DataError
-from distgru.features.table import FeatureTable, ProcessedPanel
+from distgru.features.table import FeatureTable
 from distgru.processing import cache
-from distgru.processing.processors import ProcessorState, check_specs, fit_processors
+from distgru.processing.panel import ProcessedPanel
+from distgru.processing.processors import Processor, ProcessorState, build_chains, fit_processors
 from distgru.processing.segments import day_slice, fit_window, label_horizon, segment_bounds
 from distgru.processing.versions import feature_code_version, processing_code_version
 
@@ -38,35 +38,45 @@ def _step(what: str, progress: bool) -> Iterator[None]:
         print(f"[distgru] {what}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
 
-def check_features(feature_set: str, columns: list[str] | None, label: str) -> None:
-    """Unknown feature sets, columns or a malformed label as a ConfigError, before any data is loaded."""
-    try:
-        distgru.features.feature_definitions(feature_set, columns)
-        distgru.features.parse(label)
-    except ValueError as e:
-        raise ConfigError(f"features: {e}") from None
+def check_config(cfg: Config) -> tuple[list[Processor], list[Processor]]:
+    """Check what the feature and processor registries decide (feature set, columns, label, processor names,
+    options and chains, model.input against the set) before any work; returns the processor chains.
+
+    Errors are ConfigErrors naming the key, the value and the valid choices."""
+    feature_set = distgru.features.check_features(cfg.features)
+    chains = build_chains(cfg.processors)
+    if cfg.model.input == "flat" and not feature_set.flat:
+        flat = ", ".join(name for name, s in distgru.features.FEATURE_SETS.items() if s.flat)
+        raise ConfigError(f"model.input: 'flat' needs a feature set whose day is a [T, d_feat] history ({flat}); "
+                          f"features.set is {feature_set.name!r}")
+    if cfg.model.input == "window" and feature_set.flat:
+        raise ConfigError(f"model.input: 'window' over {feature_set.name} is not a qlib setup; use model.input "
+                          "'flat'")
+    return chains
 
 
 def feature_inputs(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str,
-                   start: str | None = None) -> dict[str, object]:
-    """Everything raw features depend on: the cache key's parts (``start``: the query start, see
+                   start: str | None = None, end: str | None = None) -> dict[str, object]:
+    """Everything raw features depend on: the cache key's parts (``start``/``end``: the days wanted, see
     :func:`features_for`)."""
-    return {"data": bars.fingerprint(), "set": feature_set, "columns": columns, "label": label,
-            "start": start, "code": feature_code_version()}
+    # The expressions themselves: a set registered outside distgru.features is not in the code version.
+    definitions = distgru.features.feature_definitions(feature_set, columns)
+    return {"data": bars.fingerprint(), "set": feature_set, "columns": columns, "definitions": definitions,
+            "label": label, "start": start, "end": end, "code": feature_code_version()}
 
 
 def features_for(bars: BarPanel, feature_set: str, columns: list[str] | None, label: str,
-                 cache_dir: str | Path | None, progress: bool = False,
-                 inputs: dict[str, object] | None = None, start: str | None = None) -> FeatureTable:
+                 cache_dir: str | Path | None, progress: bool = False, inputs: dict[str, object] | None = None,
+                 start: str | None = None, end: str | None = None) -> FeatureTable:
     """Raw features of ``bars``, read from ``cache_dir`` when an identical computation is stored there
     (``cache_dir`` None: always compute, store nothing).
 
     ``start``: the first day wanted, as qlib's ``D.features(..., start_time)``: each expression is evaluated from
-    that day minus its look-back (qlib's query start rule) and days before ``start`` are NaN; None evaluates
-    every instrument's full history. It is part of the cache key.
+    that day minus its look-back (qlib's query start rule); None evaluates every instrument's full history.
+    ``start .. end`` are the table's days. Both are part of the cache key.
     """
-    # start goes to the engine only when asked for: None is its default (full history).
-    kwargs = {} if start is None else {"start": start}
+    # The days go to the engine only when asked for: None is its default (the whole calendar).
+    kwargs = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
 
     def compute() -> FeatureTable:
         return distgru.features.compute_features(bars, feature_set, columns=columns, label=label,
@@ -76,7 +86,7 @@ def features_for(bars: BarPanel, feature_set: str, columns: list[str] | None, la
         with _step(f"computing {feature_set} features", progress):
             return compute()
     root = Path(cache_dir).expanduser()
-    inputs = inputs or feature_inputs(bars, feature_set, columns, label, start)
+    inputs = inputs or feature_inputs(bars, feature_set, columns, label, start, end)
     key = cache.make_key(inputs)
     with _step("reading cached features", progress):
         table = cache.load_features(root, key)
@@ -102,41 +112,39 @@ def _weight(bars: BarPanel, lo: int, hi: int) -> np.ndarray | None:
 
 def prepare_panel(cfg: Config, progress: bool = True) -> tuple[ProcessedPanel, ProcessorState]:
     """The processed panel of ``cfg`` and the processors' fitted state (save it with the model)."""
-    check_specs(cfg.processors.infer, cfg.processors.learn)
+    infer, learn = check_config(cfg)
     feats = cfg.features
-    check_features(feats.set, feats.columns, feats.label_expression)
+    label = distgru.features.label_expression(feats)
     with _step(f"loading bars ({cfg.data.source})", progress):
         bars = load_bars(cfg.data)
     lo, hi = _day_range(bars, cfg.data.start, cfg.data.end, "data.start/end")
     calendar = bars.calendar[lo:hi]
     membership = np.ascontiguousarray(bars.membership[:, lo:hi])
-    horizon = label_horizon(feats.label_expression)
+    horizon = label_horizon(label)
     bounds = segment_bounds(calendar, cfg.dataset, horizon)
     fit_lo, fit_hi = fit_window(calendar, cfg.processors, bounds["train"])
     fit_start, fit_end = f"{calendar[fit_lo]:%Y-%m-%d}", f"{calendar[fit_hi - 1]:%Y-%m-%d}"
 
     # Training keeps each instrument's full history (start=None): data.start only cuts the panel afterwards.
-    f_inputs = feature_inputs(bars, feats.set, feats.columns, feats.label_expression)
-    p_inputs = {"features": cache.make_key(f_inputs), "processing": processing_code_version(),
+    f_inputs = feature_inputs(bars, feats.set, feats.columns, label)
+    p_inputs = {"features": cache.make_key(f_inputs), "processing": processing_code_version([*infer, *learn]),
                 "days": [calendar[0].isoformat(), calendar[-1].isoformat()], "fit": [fit_start, fit_end],
-                "infer": [asdict(s) for s in cfg.processors.infer],
-                "learn": [asdict(s) for s in cfg.processors.learn]}
+                "infer": [p.spec() for p in infer], "learn": [p.spec() for p in learn]}
     root = Path(cfg.data.cache_dir).expanduser()
     p_key = cache.make_key(p_inputs)
     cached = cache.load_panel(root, p_key)
     if cached is not None:
         features, label_raw, label_learn, state = cached
     else:
-        table = features_for(bars, feats.set, feats.columns, feats.label_expression, root, progress, f_inputs)
+        table = features_for(bars, feats.set, feats.columns, label, root, progress, f_inputs)
         with _step("fitting and applying processors", progress):
             fit_days = np.zeros(len(calendar), dtype=bool)
             fit_days[fit_lo:fit_hi] = True
             label_raw = np.ascontiguousarray(table.label[:, lo:hi])
             state, processed = fit_processors(
                 np.array(table.values[:, lo:hi], dtype=np.float32), label_raw, membership, fit_days,
-                infer=cfg.processors.infer, learn=cfg.processors.learn, feature_set=feats.set,
-                feature_names=table.names, columns=feats.columns, label_expression=feats.label_expression,
-                fit_start=fit_start, fit_end=fit_end)
+                infer=infer, learn=learn, feature_set=feats.set, feature_names=table.names, columns=feats.columns,
+                label_expression=label, fit_start=fit_start, fit_end=fit_end)
             features, label_learn = processed.features, processed.label_learn
         cache.save_panel(root, p_key, calendar, bars.instruments, features, label_raw, label_learn, state,
                          p_inputs)
@@ -156,6 +164,7 @@ def prepare_inference(state: ProcessorState, cfg: Config, start: str, end: str,
     included (processed the same way) so windows ending on ``start`` have their history, as TSDatasetH extends a
     segment. Features and label follow the state, not ``cfg.features``; ``cfg.data`` says where the bars are.
     """
+    distgru.features.feature_definitions(state.feature_set, state.columns)  # before any work
     with _step(f"loading bars ({cfg.data.source})", progress):
         bars = load_bars(cfg.data)
     lo, hi = _day_range(bars, start, end, "predict start/end")

@@ -1,12 +1,14 @@
 """Code versions for cache keys and saved processor state: hashes of the source files a result depends on.
 
 Editing any of those files invalidates what was computed with the old code; there is no version constant that
-someone must remember to bump.
+someone must remember to bump. Processors registered outside this package count by the module defining them (a
+feature set's own expressions are part of the feature cache key instead).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +31,9 @@ def feature_code_version() -> str:
     return source_hash(sorted(Path(distgru.features.__file__).parent.glob("*.py")))
 
 
-def processing_code_version() -> str:
-    """The processors and the segment rules that decide which rows they are fitted on."""
-    return source_hash([_PROCESSING / "processors.py", _PROCESSING / "segments.py"])
+def processing_code_version(processors: Iterable[object] = ()) -> str:
+    """The processors and the segment rules that decide which rows they are fitted on, plus the modules that
+    define ``processors`` (instances of classes registered elsewhere)."""
+    files = [(_PROCESSING / name).resolve() for name in ("processors.py", "segments.py")]
+    defined = {Path(inspect.getsourcefile(type(p)) or "").resolve() for p in processors}
+    return source_hash(files + sorted(defined - set(files)))

@@ -1,18 +1,14 @@
-"""Checkpoint files: Ray Train epoch checkpoints (the loop's full state) and a run's ``best/`` directory.
+"""A run's ``best/`` directory: what a trained run is used through (``distgru predict``, evaluation, Tune).
 
-``best/`` is what a trained run is used through (``distgru predict``, evaluation, Tune): the best epoch's
-weights with what is needed to rebuild the network, the fitted processor state that turns new bars into the same
-features, and the resolved config.
+The best epoch's weights with what rebuilds the network (``BestMeta``), the fitted processor state that turns new
+bars into the same features, and the resolved config. Epoch checkpoints are ``TrainState`` (state.py).
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,35 +17,24 @@ from distgru.config import Config
 from distgru.models import build_model
 from distgru.processing.processors import ProcessorState
 from distgru.training.rundir import BEST_DIR, CONFIG_FILE, read_config, write_config
+from distgru.training.state import TrainState
 
-STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
 PROCESSOR_FILE = "processor_state.json"
 
 
-def save_state(state: dict[str, Any], directory: str | Path) -> Path:
-    path = Path(directory) / STATE_FILE
-    torch.save(state, path)
-    return path
+@dataclass(kw_only=True)
+class BestMeta:
+    """What is saved beside the best weights."""
 
-
-def load_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # Not weights_only: the loop's state carries numpy/python RNG states, and these files are our own.
-    return torch.load(Path(directory) / STATE_FILE, map_location=map_location, weights_only=False)
-
-
-@contextmanager
-def state_checkpoint(state: dict[str, Any] | None) -> Iterator[Any]:
-    """A ``ray.train.Checkpoint`` of ``state`` in a temporary directory (None for None) while the block runs:
-    ``ray.train.report`` copies it to storage before returning."""
-    if state is None:
-        yield None
-        return
-    from ray.train import Checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="distgru-ckpt-") as tmp:
-        save_state(state, tmp)
-        yield Checkpoint.from_directory(tmp)
+    window_len: int
+    """Days per sample window (``Config.window_len``)."""
+    feature_names: list[str]
+    """The processed panel's feature columns, in order."""
+    best_epoch: int
+    """Epoch (from 1) the weights come from; 0 when no epoch improved (initial weights)."""
+    best_score: float
+    """Its early-stopping score."""
 
 
 @dataclass
@@ -58,16 +43,20 @@ class BestModel:
     """The network with the best epoch's weights, in eval mode on the CPU."""
     cfg: Config
     processor_state: ProcessorState
-    meta: dict[str, Any]
-    """``step_len`` (window length), ``feature_names``, ``best_epoch``, ``best_score``."""
+    meta: BestMeta
 
 
-def save_best(run_dir: str | Path, cfg: Config, weights: dict[str, torch.Tensor], processor_state: ProcessorState,
-              meta: dict[str, Any]) -> Path:
-    """Write ``run_dir/best/``: model.pt (weights + meta), processor_state.json and config.yaml."""
+def save_best(run_dir: str | Path, cfg: Config, state: TrainState, processor_state: ProcessorState) -> Path:
+    """Write ``run_dir/best/`` from a run's (final) state: model.pt (best weights + meta), processor_state.json
+    and config.yaml."""
     best = Path(run_dir) / BEST_DIR
     best.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.detach().cpu() for k, v in weights.items()}, **meta}, best / MODEL_FILE)
+    meta = BestMeta(window_len=cfg.window_len, feature_names=list(processor_state.feature_names),
+                    best_epoch=state.best_epoch, best_score=state.best_score)
+    tmp = best / f".{MODEL_FILE}.tmp"
+    torch.save({"model": {k: v.detach().cpu() for k, v in state.best_model.items()}, **dataclasses.asdict(meta)},
+               tmp)
+    tmp.replace(best / MODEL_FILE)
     processor_state.save(best / PROCESSOR_FILE)
     write_config(best / CONFIG_FILE, cfg)
     return best
@@ -79,8 +68,11 @@ def load_best(run_dir: str | Path) -> BestModel:
         raise FileNotFoundError(f"{best / MODEL_FILE} not found: is {run_dir} a finished distgru run directory?")
     cfg = read_config(best / CONFIG_FILE)
     payload = torch.load(best / MODEL_FILE, map_location="cpu", weights_only=True)
-    weights = payload.pop("model")
-    model = build_model(cfg.model, int(payload["step_len"]))
-    model.load_state_dict(weights)
+    if "window_len" not in payload:
+        raise FileNotFoundError(f"{best / MODEL_FILE} was written by an older distgru (no window_len); train the "
+                                "run again with this version")
+    meta = BestMeta(**{f.name: payload[f.name] for f in dataclasses.fields(BestMeta)})
+    model = build_model(cfg.model, meta.window_len)
+    model.load_state_dict(payload["model"])
     model.eval()
-    return BestModel(model, cfg, ProcessorState.load(best / PROCESSOR_FILE), payload)
+    return BestModel(model, cfg, ProcessorState.load(best / PROCESSOR_FILE), meta)

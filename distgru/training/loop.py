@@ -4,17 +4,17 @@
 
 Per epoch every rank runs the same number of steps over its shuffled share of the training samples, then scores
 its share of the validation samples; the predictions are gathered so every rank computes the single-process
-metric and takes the same early-stopping decision. Rank 0 hands the full checkpoint state to ``report``;
-``train_loop(..., resume=state)`` continues it exactly (bit for bit with ``train.deterministic``).
+metric and takes the same early-stopping decision (``EarlyStopping``). Rank 0 hands the full ``TrainState`` to
+``report``; ``train_loop(..., resume=state)`` continues it exactly (bit for bit with ``train.deterministic``).
+Epochs are counted from 1 (see distgru/training/state.py).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from distgru.config.schema import Config, TrainConfig
-from distgru.features.table import ProcessedPanel
 from distgru.models import build_model
+from distgru.processing.panel import ProcessedPanel
 from distgru.training import parallel as par
 from distgru.training.losses import batch_loss, valid_metrics
 from distgru.training.reweight import sample_weights
+from distgru.training.scoring import score_windows
+from distgru.training.state import EarlyStopping, EpochRow, TrainState, capture_rng, restore_rng
 from distgru.training.windows import WindowSource, available, sample_index
 
 log = logging.getLogger(__name__)
@@ -45,25 +47,8 @@ class SampleShard:
     """This rank's share of ALL validation samples (disjoint across ranks, their union is every sample)."""
 
 
-Reporter = Callable[[dict[str, float], dict | None], None]
-"""Called on every rank after every epoch: (metrics, full checkpoint state on rank 0 / None elsewhere)."""
-
-
-@dataclass
-class LoopResult:
-    best_epoch: int
-    """-1 when no epoch improved on -inf (e.g. a NaN metric): best_state is then the initial weights, as qlib."""
-    best_score: float
-    epochs_run: int
-    stopped_early: bool
-    best_state: dict[str, torch.Tensor]
-    """CPU state_dict of the best epoch's weights."""
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def window_len(cfg: Config) -> int:
-    """Window length T: flat (Alpha360) samples are step-1 windows whose one row the model reshapes."""
-    return 1 if cfg.model.input == "flat" else cfg.dataset.step_len
+Reporter = Callable[[EpochRow, TrainState | None], None]
+"""Called on every rank after every epoch: (the epoch's metrics row, the full state on rank 0 / None elsewhere)."""
 
 
 def make_shard(cfg: Config, panel: ProcessedPanel, rank: int = 0, world: int = 1) -> SampleShard:
@@ -75,41 +60,33 @@ def make_shard(cfg: Config, panel: ProcessedPanel, rank: int = 0, world: int = 1
     return SampleShard(t_inst[part], t_day[part], weight[part], v_inst[part], v_day[part])
 
 
-def predict(model: nn.Module, panel: ProcessedPanel, inst: np.ndarray, day: np.ndarray, step_len: int,
-            batch_size: int, device: torch.device | str, panel_on_device: str = "auto") -> np.ndarray:
-    """Scores of the samples (inst[i], day[i]) over infer (DK_I) windows, float32, in the given order."""
-    device = torch.device(device)
-    source = WindowSource.place(panel.features, available(panel, "infer"), step_len, device, panel_on_device)
-    return _score(par.unwrap(model).to(device), source, torch.as_tensor(inst, device=device),
-                  torch.as_tensor(day, device=device), batch_size).cpu().numpy()
-
-
 def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: Reporter, *,
-               resume: dict | None = None, device: torch.device | None = None) -> LoopResult:
+               resume: TrainState | None = None, device: torch.device | None = None) -> TrainState:
+    """Train to the early stop or ``train.n_epochs``; returns the last state (``finished``; best weights in it)."""
     tc = cfg.train
     rank, world = par.world_info()
     is_main = rank == 0
-    device = device or par.default_device()
+    device = device or par.pick_device(cfg.resources.use_gpu)
     local_bs = tc.batch_size // world  # batch_size is global
     if local_bs < 1:
         raise ValueError(f"train.batch_size {tc.batch_size} < {world} workers")
     with par.determinism(tc.deterministic):
         # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
         torch.manual_seed(tc.seed)
-        model = build_model(cfg.model, window_len(cfg))
+        model = build_model(cfg.model, cfg.window_len)
         if resume is not None:
-            model.load_state_dict(resume["model"])
+            model.load_state_dict(resume.model)
         ddp = par.wrap_model(model, device)
         optimizer = (torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=tc.lr)
         amp = par.Amp(tc.precision, device)
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
-            amp.scaler.load_state_dict(resume["scaler"])
-            _set_rng_state(resume["rng"])
+            optimizer.load_state_dict(resume.optimizer)
+            amp.scaler.load_state_dict(resume.scaler)
+            restore_rng(resume.rng)
 
         # The panel goes to the device once and batches are gathered there, unless it does not fit (then
         # windows are cut in host memory and streamed); labels, weights and indices are small and stay on device.
-        source = WindowSource.place(panel.features, available(panel, "learn"), window_len(cfg), device,
+        source = WindowSource.place(panel.features, available(panel, "learn"), cfg.window_len, device,
                                     cfg.resources.panel_on_device)
         if is_main:
             log.info("feature panel %s: %.0f MiB %s", "x".join(map(str, panel.features.shape)),
@@ -135,57 +112,58 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
             raise ValueError(f"{n_global} training samples ({n_empty} ranks without any) make no full batch of "
                              f"{local_bs * world}")
 
-        start = 0 if resume is None else resume["epoch"] + 1
-        best_score = -float("inf") if resume is None else resume["best_score"]
-        best_epoch = -1 if resume is None else resume["best_epoch"]
-        best_state = _cpu_copy(model.state_dict()) if resume is None else resume["best_state"]
-        patience = 0 if resume is None else resume["patience"]
-        history: list[dict[str, float]] = [] if resume is None else list(resume["history"])
+        if resume is None:
+            epoch, best_model, history = 0, _cpu_copy(model.state_dict()), []
+            stop = EarlyStopping(tc.early_stop, tc.n_epochs)
+        else:
+            epoch, best_model, history = resume.epoch, resume.best_model, list(resume.history)
+            stop = resume.stopping(tc.early_stop, tc.n_epochs)
 
-        epoch = start
-        while epoch < tc.n_epochs and patience < tc.early_stop:
+        state = resume if is_main else None
+        while not stop.done(epoch):
+            epoch += 1
             t0 = time.perf_counter()
-            # Shuffle and dropout streams derive from (seed, epoch, rank) alone, so a resumed epoch replays exactly.
-            torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch, rank]).generate_state(1)[0]))
-            order = np.random.default_rng([tc.seed, epoch, rank]).permutation(n_local)
+            # Shuffle and dropout streams derive from (seed, epoch, rank) alone, so a resumed epoch replays exactly
+            # (seeded with the 0-based epoch index, as before epochs were numbered from 1: the same streams).
+            torch.manual_seed(int(np.random.SeedSequence([tc.seed, epoch - 1, rank]).generate_state(1)[0]))
+            order = np.random.default_rng([tc.seed, epoch - 1, rank]).permutation(n_local)
             # A rank with fewer samples wraps around its permutation; one with more leaves the tail (drop_last).
             take = torch.from_numpy(order[np.arange(steps * local_bs) % n_local].reshape(steps, local_bs))
             stats = _train_epoch(ddp, optimizer, amp, tc, source, label, t_inst, t_day, t_weight, take.to(device))
             train_s = time.perf_counter() - t0
 
-            pred = _score(model, source, v_inst, v_day, tc.batch_size)
+            pred = score_windows(model, source, v_inst, v_day, tc.batch_size)
             rows = par.all_gather_rows(torch.stack([v_inst.double(), v_day.double(), pred.double()], dim=1)).cpu()
             metrics = _valid_metrics(rows.numpy(), panel)
             # Every rank computed the metric from the same gathered predictions; rank 0's value is authoritative.
             score = float(par.broadcast(torch.tensor([metrics[tc.metric]], dtype=torch.float64, device=device)).item())
-
-            if score > best_score:
-                best_score, best_epoch, patience = score, epoch, 0
-                best_state = _cpu_copy(model.state_dict())
-            else:
-                patience += 1
+            if stop.update(epoch, score):
+                best_model = _cpu_copy(model.state_dict())
 
             totals = par.all_reduce(stats.double()).cpu() / (world * steps)
             seconds = par.all_reduce(torch.tensor([train_s, time.perf_counter() - t0],
                                               dtype=torch.float64, device=device), op="max").cpu()
-            entry = {"epoch": epoch, "train_loss": float(totals[0]), "grad_norm": float(totals[1]),
-                     "clip_frac": float(totals[2]), "valid_score": score, "valid_mse": -metrics["loss"],
-                     "valid_ic": metrics["ic"], "valid_rank_ic": metrics["rank_ic"], "best_score": best_score,
-                     "best_epoch": best_epoch, "samples_per_s": steps * local_bs * world / float(seconds[0]),
-                     "epoch_s": float(seconds[1])}
-            history.append(entry)
-            state = None
+            row: EpochRow = {
+                "epoch": epoch, "train_loss": float(totals[0]), "grad_norm": float(totals[1]),
+                "clip_frac": float(totals[2]), "valid_score": score, "valid_mse": -metrics["loss"],
+                "valid_ic": metrics["ic"], "valid_rank_ic": metrics["rank_ic"], "best_score": stop.best_score,
+                "best_epoch": stop.best_epoch, "patience": stop.patience, "stopped_early": stop.stopped_early(epoch),
+                "samples_per_s": steps * local_bs * world / float(seconds[0]), "epoch_s": float(seconds[1])}
+            history.append(row)
             if is_main:
-                state = {"model": _cpu_copy(model.state_dict()), "optimizer": _cpu_copy(optimizer.state_dict()),
-                         "scaler": amp.scaler.state_dict(), "epoch": epoch, "best_score": best_score,
-                         "best_epoch": best_epoch, "best_state": best_state, "patience": patience,
-                         "rng": _rng_state(), "history": list(history)}
-            report(dict(entry), state)
-            epoch += 1
+                state = TrainState(epoch=epoch, model=_cpu_copy(model.state_dict()),
+                                   optimizer=_cpu_copy(optimizer.state_dict()), scaler=amp.scaler.state_dict(),
+                                   best_score=stop.best_score, best_epoch=stop.best_epoch, patience=stop.patience,
+                                   best_model=best_model, history=list(history), rng=capture_rng(),
+                                   finished=stop.done(epoch))
+            report(dict(row), state)
 
-    return LoopResult(best_epoch=best_epoch, best_score=best_score, epochs_run=epoch,
-                      stopped_early=patience >= tc.early_stop and epoch < tc.n_epochs,
-                      best_state=best_state, history=history)
+    if state is None:  # other ranks return the same summary without the (rank 0) optimizer state
+        state = TrainState(epoch=epoch, model={}, optimizer={}, scaler={}, best_score=stop.best_score,
+                           best_epoch=stop.best_epoch, patience=stop.patience, best_model=best_model,
+                           history=history)
+    state.finished = True
+    return state
 
 
 def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp, tc: TrainConfig,
@@ -226,17 +204,6 @@ def clip_gradients(params: list[nn.Parameter], kind: str, threshold: float) -> t
     return norm, torch.zeros((), dtype=torch.bool, device=norm.device)
 
 
-@torch.no_grad()
-def _score(model: nn.Module, source: WindowSource, inst: torch.Tensor, day: torch.Tensor,
-           batch_size: int) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    parts = [model(source.gather(inst[i:i + batch_size], day[i:i + batch_size])).float()
-             for i in range(0, len(inst), batch_size)]
-    model.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, device=source.device)
-
-
 def _valid_metrics(rows: np.ndarray, panel: ProcessedPanel) -> dict[str, float]:
     # Canonical sample order, so the float reductions do not depend on how samples were split across ranks.
     rows = rows[np.lexsort((rows[:, 1], rows[:, 0]))]
@@ -253,17 +220,3 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    # The loop reseeds per epoch; these restore the global streams for any other code sharing the process.
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distgru.evaluation.metrics import daily_ic
+from distgru.metrics import daily_ic
 
 LossKind = Literal["mse", "huber"]
 

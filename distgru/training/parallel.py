@@ -26,8 +26,10 @@ def world_info() -> tuple[int, int]:
     return 0, 1
 
 
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
+def pick_device(use_gpu: bool = True) -> torch.device:
+    """THE device choice outside Ray Train (which hands its workers theirs): this process's CUDA device when
+    GPUs are wanted and visible, else the CPU."""
+    if use_gpu and torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device("cpu")
 

@@ -7,7 +7,7 @@ import importlib
 import numpy as np
 
 from distgru.config.schema import ReweighterConfig
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 
 
 def load_class(path: str) -> type:

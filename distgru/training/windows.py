@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 
 DataKey = Literal["learn", "infer"]
 

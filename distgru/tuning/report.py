@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,10 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 from distgru.config import Config
 from distgru.evaluation.report import Section, figure, html_table, img_tag, render_page
+from distgru.tuning.records import TrialRecord
 from distgru.tuning.space import tune_of
-
-if TYPE_CHECKING:
-    from distgru.tuning.results import TrialRecord
 
 
 def plot_learning_curves(records: list[TrialRecord], metric: str) -> Figure:
@@ -25,9 +23,9 @@ def plot_learning_curves(records: list[TrialRecord], metric: str) -> Figure:
     for record in records:
         hist, label = record.history, str(record.row["trial_id"])
         if metric in hist:
-            top.plot(hist["epoch"] + 1, hist[metric], marker="o", ms=3, label=label)
+            top.plot(hist["epoch"], hist[metric], marker="o", ms=3, label=label)
         if "train_loss" in hist:
-            bottom.plot(hist["epoch"] + 1, hist["train_loss"], marker="o", ms=3, label=label)
+            bottom.plot(hist["epoch"], hist["train_loss"], marker="o", ms=3, label=label)
     top.set_ylabel(f"{metric} (valid)")
     bottom.set_ylabel("train_loss")
     bottom.set_xlabel("epoch")
@@ -66,7 +64,7 @@ def write_tune_report(out_html: str | Path, cfg: Config, records: list[TrialReco
     headline = [{"item": "best trial", "value": best},
                 *({"item": k, "value": v} for k, v in summary["best_params"].items()),
                 {"item": f"best valid {metric}", "value": summary[f"best_{metric}"]},
-                {"item": "best epoch (1-based)", "value": summary["best_epoch"] + 1},
+                {"item": "best epoch", "value": summary["best_epoch"]},
                 {"item": "test IC", "value": test.get("IC", float("nan"))},
                 {"item": "test RankIC", "value": test.get("RankIC", float("nan"))},
                 {"item": "trials (errors)", "value": f"{summary['trials']} ({summary['errors']})"}]

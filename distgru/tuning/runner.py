@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 from distgru.config import Config, ConfigError
-from distgru.features.table import ProcessedPanel
+from distgru.config.tune import TuneConfig
+from distgru.processing.panel import ProcessedPanel
 from distgru.processing.processors import ProcessorState
-from distgru.tuning.config import TuneConfig
+from distgru.tuning.progress import TrialEpochLines
 from distgru.tuning.space import base_dict, data_configs, data_key, param_space, pbt_mutations, tune_of
 from distgru.tuning.trial import in_process_trial, multi_worker_trial, trial_dirname
 
@@ -30,12 +33,12 @@ REPORT_COLUMNS = ("valid_ic", "valid_rank_ic", "valid_score", "train_loss")
 
 def prepare_data(cfg: Config, probes: list[Config], progress: bool = True) -> Data:
     """Prepare each distinct data config once, then run the data pre-flight checks on every probe config."""
+    from distgru.processing.checks import log_warnings
     from distgru.processing.pipeline import prepare_panel
-    from distgru.training.ray_train import check_data
+    from distgru.training.preflight import check_data
 
     data = {key: prepare_panel(dcfg, progress) for key, dcfg in data_configs(cfg).items()}
-    for probe in probes:
-        check_data(probe, data[data_key(probe)][0])
+    log_warnings([w for probe in probes for w in check_data(probe, data[data_key(probe)][0])])
     return data
 
 
@@ -146,11 +149,15 @@ def _trainable(cfg: Config, data: Data, exp_dir: Path) -> Any:
 
 
 def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: bool = False,
-                   verbose: int = 1) -> Any:
+                   verbose: int = 1, epoch_lines: bool = False) -> Any:
     """Run the search into ``exp_dir`` (or continue it: finished trials are kept, unfinished ones resume from
-    their last checkpoint, errored ones restart) and return Tune's ResultGrid. Ray must be initialised."""
-    import ray
+    their last checkpoint, errored ones restart) and return Tune's ResultGrid. Ray must be initialised.
+
+    A first Ctrl-C makes Tune pause the trials and save the experiment; then ``RunInterrupted`` is raised (a
+    second Ctrl-C raises KeyboardInterrupt at once)."""
     from ray import tune
+
+    from distgru.training.lifecycle import RunInterrupted
 
     tc = tune_of(cfg)
     # Tune's newer console output ignores progress_reporter; the legacy one prints our CLIReporter table.
@@ -160,10 +167,41 @@ def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: boo
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exp_dir = Path(exp_dir).resolve()
     trainable = _trainable(cfg, data, exp_dir)
+    callbacks = [TrialEpochLines(cfg.train.n_epochs, [d.key for d in tc.dists])] if epoch_lines else []
     if restore:
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
-        return tuner.fit()
-    tuner = tune.Tuner(
+    else:
+        tuner = _new_tuner(cfg, trainable, exp_dir, verbose, callbacks)
+    grid, interrupted = _fit_noting_ctrl_c(tuner)
+    if interrupted:
+        raise RunInterrupted("Tune paused the trials and saved the experiment")
+    return grid
+
+
+def _second_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _fit_noting_ctrl_c(tuner: Any) -> tuple[Any, bool]:
+    """``tuner.fit()`` and whether a Ctrl-C (or SIGUSR1) stopped it. Tune's handler takes the first signal, saves
+    the experiment, returns normally (its trials then read as terminated) and hands SIGINT back to the handler it
+    replaced: finding ours installed again is the sign; a second Ctrl-C then raises KeyboardInterrupt at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+    previous = signal.signal(signal.SIGINT, _second_ctrl_c)
+    try:
+        grid = tuner.fit()
+        return grid, signal.getsignal(signal.SIGINT) is _second_ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _new_tuner(cfg: Config, trainable: Any, exp_dir: Path, verbose: int, callbacks: list[Any]) -> Any:
+    import ray
+    from ray import tune
+
+    tc = tune_of(cfg)
+    return tune.Tuner(
         trainable, param_space=param_space(tc),
         tune_config=tune.TuneConfig(metric=tc.metric, mode=tc.resolved_mode, scheduler=_scheduler(cfg),
                                     search_alg=_search_alg(cfg, max_concurrent(cfg, ray.cluster_resources())),
@@ -171,5 +209,5 @@ def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: boo
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
                                   progress_reporter=_reporter(cfg),
                                   failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(tc))))
-    return tuner.fit()
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(tc)),
+                                  callbacks=callbacks))

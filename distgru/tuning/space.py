@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from distgru.config import Config, ConfigError, config_from_dict, to_dict
-from distgru.config.loader import apply_override, from_dict
-from distgru.tuning.config import LISTS, Dist, TuneConfig
+from distgru.config import Config, ConfigError, to_dict
+from distgru.config.loader import from_dict, set_dotted
+from distgru.config.tune import LISTS, Dist, TuneConfig
+from distgru.processing.pipeline import check_config
 
 
 def _plain(value: Any) -> Any:
@@ -32,34 +33,15 @@ def base_dict(cfg: Config) -> dict[str, Any]:
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> Config:
-    """``base`` with each dotted key of ``params`` set, validated; errors name the key as ``tune.space.<key>``."""
-    data = to_dict(base)  # a deep copy
+    """``base`` with each dotted key of ``params`` set, validated once; errors name the keys as ``tune.space``."""
+    data = to_dict(base)  # the one copy: base is shared by every trial
     for key, value in params.items():
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"tune.space.{key}: {part!r} holds {child!r}, not a section")
-            node = child
-        node[parts[-1]] = _plain(value)
+        set_dotted(data, key, _plain(value), f"tune.space.{key}")
     try:
-        return config_from_dict(data)
+        return from_dict(Config, data)
     except ConfigError as e:
         keys = ", ".join(params)
         raise ConfigError(f"tune.space ({keys}): {e}") from None
-
-
-def tune_config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """A config that must have a ``tune`` section. The section is validated on its own first: inside
-    ``Config.tune`` (optional) the loader reports only that the union did not match, not which key failed."""
-    data = to_dict(data)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
-    if data.get("tune") is None:
-        raise ConfigError("tune: the config has no tune section; add one (see configs/tune_smoke.yaml)")
-    from_dict(TuneConfig, data["tune"], prefix="tune")
-    return config_from_dict(data)
 
 
 def tune_of(cfg: Config) -> TuneConfig:
@@ -82,6 +64,8 @@ def check_space(cfg: Config) -> list[Config]:
     firsts = {d.key: d.probe_values()[0] for d in dists if d.affects_data}
     probes = [trial_config(base, {**firsts, d.key: v}) for d in dists for v in d.probe_values()]
     probes.append(trial_config(base, {d.key: d.probe_values()[0] for d in dists}))
+    for probe in probes:  # the feature and processor registries' verdicts (e.g. a model.input choice), still no data
+        check_config(probe)
     return probes
 
 

@@ -23,16 +23,15 @@ import torch
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from distgru.config import Config
-from distgru.features.table import ProcessedPanel
+from distgru.processing.panel import ProcessedPanel
 from distgru.processing.processors import ProcessorState
-from distgru.training.checkpoint import load_state, save_state
+from distgru.training import parallel as par
 from distgru.training.loop import make_shard, train_loop
+from distgru.training.state import STATE_FILE, EpochRow, TrainState
 from distgru.tuning.space import data_key, trial_config
 
 TRAIN_SUBDIR = "train"
 """A multi-worker trial's Ray Train run directory, inside the Tune trial directory."""
-EPOCH_KEY = "train_loss"
-"""Present in every per-epoch report and absent from the Train run's final summary report."""
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -57,36 +56,27 @@ def in_process_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: 
     # Ray sets OMP_NUM_THREADS from the reservation, but torch read it at import, before the actor knew.
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
-    device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+    device = par.pick_device(bool(ray.get_gpu_ids()))
 
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = load_state(d)
+            resume = TrainState.load(d)
         # After a PBT exploit the config's lr is the explored one; the cloned optimizer state holds the donor's.
-        for group in resume["optimizer"]["param_groups"]:
+        for group in resume.optimizer["param_groups"]:
             group["lr"] = cfg.train.lr
 
-    def report(metrics: dict[str, float], state: dict | None) -> None:
+    def report(row: EpochRow, state: TrainState | None) -> None:
         assert state is not None  # rank 0 of a world of one always hands over its state
         with tempfile.TemporaryDirectory(prefix="distgru-tune-") as tmp:
-            save_state(state, tmp)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            state.save(tmp)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     with warnings.catch_warnings():
         # The panel arrays are read-only views of the object store; the loop copies them and never writes them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         train_loop(cfg, panel, make_shard(cfg, panel), report, resume=resume, device=device)
-
-
-class EpochReports(TuneReportCallback):
-    """Forward the per-epoch reports to Tune: ``run_training``'s closing summary report is not an epoch and lacks
-    the metrics Tune's strict metric check expects."""
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if EPOCH_KEY in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
 
 
 def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]],
@@ -101,20 +91,19 @@ def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box
 
     cfg = trial_config(base, params)
     panel_ref = data_box[0][data_key(cfg)][0]
-    panel, state = _data(cfg, data_box)
+    panel, _ = _data(cfg, data_box)
     run_dir = Path(exp_dir) / trial_dirname(tune.get_context().get_trial_id()) / TRAIN_SUBDIR
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_training(cfg, panel, state, run_dir, progress=False, callbacks=[EpochReports()], panel_ref=panel_ref)
+    run_training(cfg, panel, run_dir, progress=False, callbacks=[TuneReportCallback()], panel_ref=panel_ref)
 
 
-def trial_best_weights(trial_dir: str | Path, tune_checkpoint: Any) -> dict[str, torch.Tensor]:
-    """The best epoch's weights of a finished, stopped or interrupted trial: from its latest checkpoint, whose
-    state always carries ``best_state`` (the Tune checkpoint of an in-process trial, else the newest Ray Train
-    checkpoint of the trial's Train run)."""
+def trial_state(trial_dir: str | Path, tune_checkpoint: Any) -> TrainState:
+    """The latest state of a finished, stopped or interrupted trial (its best weights and epoch are in it): the
+    Tune checkpoint of an in-process trial, else the newest Ray Train checkpoint of the trial's Train run."""
     if tune_checkpoint is not None:
         with tune_checkpoint.as_directory() as d:
-            return load_state(d)["best_state"]
-    states = sorted((Path(trial_dir) / TRAIN_SUBDIR).glob("checkpoint_*/state.pt"))
+            return TrainState.load(d)
+    states = sorted((Path(trial_dir) / TRAIN_SUBDIR).glob(f"checkpoint_*/{STATE_FILE}"))
     if not states:
         raise FileNotFoundError(f"no checkpoint in {trial_dir}: the trial never finished an epoch")
-    return load_state(states[-1].parent)["best_state"]
+    return TrainState.load(states[-1].parent)

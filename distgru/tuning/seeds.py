@@ -1,7 +1,7 @@
 """``distgru train --seeds 0,1,2`` / ``--repeat N``: one training run per seed as parallel Ray Tune trials, each
 evaluated on the test segment (signal metrics + backtest), summarised as mean ± std as qlib's benchmark table.
 
-The seeds run through THE Tune machinery of ``distgru tune`` (``distgru.tuning``): the config gets a ``tune``
+The seeds run through THE Tune machinery of ``distgru tune``: the config gets a ``tune``
 section whose space is ``train.seed: {grid: seeds}`` (search grid, one sample, FIFO scheduler: every trial runs
 to its own early stop, none is terminated by the scheduler), so trial shapes (in-process or multi-worker),
 resources, concurrency and retries are those of ``distgru tune``. The experiment directory::
@@ -19,7 +19,6 @@ could not compute) are skipped.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,8 +27,13 @@ from typing import Any
 
 import pandas as pd
 
-from distgru.config import Config, ConfigError, to_dict
-from distgru.evaluation.evaluate import TABLE_KEYS, evaluate_predictions
+from distgru.config import Config, ConfigError, config_from_dict, to_dict
+from distgru.evaluation.evaluate import TABLE_KEYS, evaluate_predictions, metric_table
+from distgru.training.lifecycle import lifecycle
+from distgru.training.rundir import CONFIG_FILE, RunDir, write_config, write_json
+from distgru.training.scoring import score_segment
+from distgru.tuning.space import base_dict, check_space, data_key, trial_config
+from distgru.tuning.trial import trial_state
 
 SEEDS_CSV = "seeds.csv"
 SEEDS_JSON = "seeds.json"
@@ -56,12 +60,10 @@ def parse_seeds(seeds: str | None, repeat: int | None, base_seed: int) -> list[i
 def seed_config(cfg: Config, seeds: list[int]) -> Config:
     """``cfg`` with the tune section that runs one trial per seed (grid over train.seed, FIFO, no early
     termination by the scheduler)."""
-    from distgru.tuning.space import tune_config_from_dict
-
     data = to_dict(cfg)
     data["tune"] = {"space": {SEED_KEY: {"grid": list(seeds)}}, "search": "grid", "num_samples": 1,
                     "metric": "valid_score", "scheduler": {"kind": "fifo"}}
-    return tune_config_from_dict(data)
+    return config_from_dict(data)
 
 
 def aggregate(per_seed: Mapping[Any, Mapping[str, float]]) -> pd.DataFrame:
@@ -75,8 +77,6 @@ def aggregate(per_seed: Mapping[Any, Mapping[str, float]]) -> pd.DataFrame:
 
 def mean_std_table(table: pd.DataFrame, keys: tuple[str, ...] = TABLE_KEYS) -> str:
     """``aggregate`` output as the terminal table: each seed, then ``mean ± std`` per metric."""
-    from distgru.evaluation.evaluate import metric_table
-
     seeds = [i for i in table.index if i not in ("mean", "std")]
     rows: dict[str, dict[str, Any]] = {f"seed {s}": table.loc[s].to_dict() for s in seeds}
     rows["mean ± std"] = {k: f"{table.loc['mean', k]:.4f}±{table.loc['std', k]:.4f}"
@@ -86,52 +86,39 @@ def mean_std_table(table: pd.DataFrame, keys: tuple[str, ...] = TABLE_KEYS) -> s
 
 def write_seeds(exp_dir: str | Path, table: pd.DataFrame, seeds: list[int],
                 errors: Mapping[int, str] | None = None) -> tuple[Path, Path]:
-    from distgru.training.rundir import _clean
-
     exp = Path(exp_dir)
     table.rename_axis("seed").to_csv(exp / SEEDS_CSV)
     per_seed = {i: table.loc[i].to_dict() for i in table.index if i not in ("mean", "std")}
     payload = {"seeds": seeds, "per_seed": per_seed, "mean": table.loc["mean"].to_dict(),
                "std": table.loc["std"].to_dict(), "errors": {str(k): v for k, v in (errors or {}).items()}}
-    (exp / SEEDS_JSON).write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    write_json(exp / SEEDS_JSON, payload)
     return exp / SEEDS_CSV, exp / SEEDS_JSON
 
 
-def _score_test(cfg: Config, panel: Any, weights: dict[str, Any]) -> pd.DataFrame:
-    """The test segment scored with ``weights`` (predictions schema), as ``distgru train`` scores it."""
-    import torch
-
-    from distgru.models import build_model
-    from distgru.training.loop import predict, window_len
-    from distgru.training.ray_train import segment_samples
-    from distgru.training.rundir import prediction_frame
-
-    model = build_model(cfg.model, window_len(cfg))
-    model.load_state_dict(weights)
-    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
-    inst, day = segment_samples(panel)["test"]
-    score = predict(model, panel, inst, day, window_len(cfg), cfg.train.batch_size, device,
-                    cfg.resources.panel_on_device)
-    return prediction_frame(panel, inst, day, score)
+def seeds_of(cfg: Config) -> list[int]:
+    """The seeds of a multi-seed experiment's config (its generated tune section)."""
+    if cfg.tune is None or SEED_KEY not in cfg.tune.space:
+        raise ConfigError(f"tune.space: no {SEED_KEY} grid; is this a multi-seed directory?")
+    return [int(s) for s in cfg.tune.space[SEED_KEY]["grid"]]
 
 
-def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False) -> int:
-    """Train every seed as a Tune trial, evaluate each on the test segment, print and write the table."""
+def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: RunDir | None = None) -> int:
+    """Train every seed as a Tune trial (or continue the experiment ``resume``), evaluate each on the test
+    segment, print and write the table. An interrupted experiment ends with ``RunStopped``, before any scoring."""
     from distgru.data.load import load_bars
     from distgru.training.ray_train import ray_session
-    from distgru.training.rundir import PREDICTIONS_FILE, create_run_dir, write_config, write_predictions
     from distgru.tuning.runner import prepare_data, run_experiment
-    from distgru.tuning.space import base_dict, check_space, data_key, trial_config
-    from distgru.tuning.trial import trial_best_weights
 
     t0 = time.perf_counter()
     tcfg = seed_config(cfg, seeds)
     probes = check_space(tcfg)
     data = prepare_data(tcfg, probes)
-    exp_dir = create_run_dir(tcfg, datetime.now())
+    exp = resume or RunDir.create(tcfg, datetime.now())
+    exp_dir = exp.path
     print(f"multi-seed directory: {exp_dir} (seeds {', '.join(map(str, seeds))})", flush=True)
-    with ray_session(cfg.resources, verbose=verbose):
-        grid = run_experiment(tcfg, data, exp_dir, verbose=1 if verbose else 0)
+    with ray_session(cfg.resources, verbose=verbose), lifecycle(exp, "seeds"):
+        grid = run_experiment(tcfg, data, exp_dir, restore=resume is not None, verbose=1 if verbose else 0,
+                              epoch_lines=True)
     bars = load_bars(cfg.data)
     per_seed: dict[int, dict[str, float]] = {}
     errors: dict[int, str] = {}
@@ -143,13 +130,13 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False) -> int:
             continue
         scfg = trial_config(base, result.config)
         panel, _ = data[data_key(scfg)]
-        pred = _score_test(scfg, panel, trial_best_weights(result.path, result.checkpoint))
-        seed_dir = exp_dir / f"seed_{seed}"
-        seed_dir.mkdir(exist_ok=True)
-        write_config(seed_dir / "config.yaml", scfg)
-        write_predictions(seed_dir / PREDICTIONS_FILE, pred)
-        ev = evaluate_predictions(pred, bars, scfg.backtest, seed_dir, title=f"distgru evaluation: seed {seed}")
-        (seed_dir / "evaluation.json").write_text(json.dumps(_jsonable(ev.block()), indent=2) + "\n")
+        pred = score_segment(scfg, panel, trial_state(result.path, result.checkpoint).best_model, "test")
+        seed_dir = RunDir(exp_dir / f"seed_{seed}")
+        seed_dir.path.mkdir(exist_ok=True)
+        write_config(seed_dir / CONFIG_FILE, scfg)
+        seed_dir.write_predictions(pred)
+        ev = evaluate_predictions(pred, bars, scfg.backtest, seed_dir.path, title=f"distgru evaluation: seed {seed}")
+        write_json(seed_dir / "evaluation.json", ev.block())
         per_seed[seed] = ev.metrics
     if not per_seed:
         raise RuntimeError(f"every seed failed ({exp_dir}): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
@@ -158,13 +145,7 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False) -> int:
     print(mean_std_table(table))
     for seed, err in errors.items():
         print(f"seed {seed} failed: {err}")
-    print(f"{len(per_seed)} of {len(seeds)} seeds in {time.perf_counter() - t0:.0f} s; multi-seed directory: "
+    print(f"{len(per_seed)} of {len(seeds)} seeds finished (the table counts only those) in "
+          f"{time.perf_counter() - t0:.0f} s; multi-seed directory: "
           f"{exp_dir} ({SEEDS_CSV}, {SEEDS_JSON}, seed_*/report.html)")
     return 0 if not errors else 1
-
-
-def _jsonable(block: dict[str, Any]) -> dict[str, Any]:
-    from distgru.training.rundir import _clean
-
-    return _clean(block)
-

@@ -26,8 +26,6 @@ RANGES = {"uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2}
 """Range distributions and their argument count ([low, high] or [low, high, q])."""
 LISTS = ("choice", "grid")
 """Distributions over an explicit list of values."""
-METRICS = ("valid_ic", "valid_rank_ic", "valid_score", "valid_mse", "train_loss")
-"""What the training loop reports every epoch (valid_score is the early-stopping ``train.metric``, higher better)."""
 LOWER_IS_BETTER = ("valid_mse", "train_loss")
 DATA_SECTIONS = ("data", "features", "processors")
 """Keys under these sections (and dataset segments) change the processed panel itself."""
@@ -41,8 +39,11 @@ class Dist:
     """One parsed space entry."""
 
     key: str
+    """Dotted training key, e.g. ``train.lr``."""
     kind: str
+    """Distribution name: one of RANGES or LISTS."""
     args: tuple[Any, ...]
+    """Its arguments: [low, high(, q)] for a range, the values for a list."""
 
     def probe_values(self) -> list[Any]:
         """Values that must all be valid for the key: every listed value, or a range's attainable ends."""

@@ -1,0 +1,82 @@
+"""What every long command does when it is stopped: one set of rules for train, seeds and tune.
+
+    with lifecycle(run, "train"):       # status.json: running → finished | interrupted | failed
+        ...
+
+- The first Ctrl-C stops the run: its state on disk is what the last completed epoch (or trial checkpoint) left,
+  status.json says ``interrupted``, and the terminal says where the state is and the distgru command that
+  resumes it. A second Ctrl-C exits at once.
+- Any other error marks the run ``failed`` with the same pointers; an error of the Ray runtime itself (a node or
+  the raylet gone) is said in one line instead of a traceback.
+- Nothing downstream (scoring, backtest, tables, best config) runs after either: ``RunStopped`` ends the command
+  with exit code 130 (interrupted) or 1 (failed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from distgru.training import ray_watchdog
+from distgru.training.resume import resume_command, where
+from distgru.training.rundir import RunDir
+
+
+class RunStopped(Exception):
+    """The command ends early; ``exit_code`` 130 for an interruption, 1 for a failure. The message was printed
+    when it was raised."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RunInterrupted(Exception):
+    """Training ended without finishing (a stop request reached it, or a scheduler's trials were paused)."""
+
+
+def _stop(kind: str, message: str, exit_code: int) -> RunStopped:
+    # Said here, at once: leaving ray_session next may not return (Ray ends a driver whose raylet is gone).
+    print(f"distgru {kind}: {message}", file=sys.stderr, flush=True)
+    return RunStopped(message, exit_code)
+
+
+def _is_ray_runtime_error(error: BaseException) -> bool:
+    return type(error).__module__.split(".")[0] == "ray"
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    os._exit(130)
+
+
+@contextmanager
+def lifecycle(run: RunDir, kind: str, **info: Any) -> Iterator[None]:
+    """Keep ``run``'s status.json current while the block runs (see the module docstring)."""
+    resume = resume_command(kind, run)
+    run.write_status("running", kind=kind, resume=resume, pid=os.getpid(), **info)
+    ray_watchdog.note_run(run.path, kind)
+    try:
+        yield
+    except (KeyboardInterrupt, RunInterrupted) as e:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _exit_now)  # a second Ctrl-C while Ray shuts down exits at once
+        why = str(e) or "stopped by Ctrl-C"
+        run.write_status("interrupted", kind=kind, resume=resume, message=why, **info)
+        raise _stop(kind, f"interrupted ({why}); {where(run, kind)}; resume with: {resume}", 130) from None
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        run.write_status("failed", kind=kind, resume=resume, message=message, **info)
+        if _is_ray_runtime_error(e):
+            raise _stop(kind, f"the Ray runtime stopped under the run ({message}); {where(run, kind)}; once Ray is "
+                              f"back, resume with: {resume}", 1) from None
+        print(f"distgru {kind}: failed ({message}); {where(run, kind)}; after fixing the cause, resume with: "
+              f"{resume}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        ray_watchdog.forget_run()
+    run.write_status("finished", kind=kind, **info)
