@@ -9,7 +9,7 @@ every CSI300 member day in [start, end], computed with pandas/numpy on distgru's
 ``Ref($close,-2)/Ref($close,-1) − 1``. (``--pred FILE`` takes a distgru predictions.parquet instead.) Both are
 written as qlib's pred.pkl / label.pkl.
 
-- qlib: ``/work/qlib-venv/bin/python benchmarks/qlib_eval.py`` (``calc_ic`` + ``backtest_daily`` with
+- qlib: ``$QLIB_VENV/bin/python benchmarks/qlib_eval.py`` (``calc_ic`` + ``backtest_daily`` with
   TopkDropoutStrategy(50, 5), limit 0.095, deal at close, costs 5/15 bp + min 5, account 1e8, SH000300);
 - distgru: ``signal_metrics`` / ``daily_table`` and ``run_backtest`` + ``portfolio_metrics``, in this process.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-QLIB_PY = "/work/qlib-venv/bin/python"
+QLIB_PY = str(Path(os.environ.get("QLIB_VENV", ROOT.parent / "qlib-venv")) / "bin" / "python")
 PROVIDER = str((ROOT / "../shared/data/cn_csi300").resolve())
 
 

@@ -5,7 +5,7 @@
 
 Alternates qlib and distgru ``--runs`` times each, every run a fresh child process timed end to end:
 
-- qlib: ``/work/qlib-venv/bin/python benchmarks/qlib_features.py`` (``D.features(D.instruments("csi300"), ...)``,
+- qlib: ``$QLIB_VENV/bin/python benchmarks/qlib_features.py`` (``D.features(D.instruments("csi300"), ...)``,
   expression and dataset caches off, ``--kernels`` worker processes; the timed span is inside the child, from
   ``D.instruments`` to the frame, so qlib's import and init are not counted against it);
 - distgru: this file with ``--distgru-child`` in the project venv: ``load_qlib_provider`` → ``feature_frame``
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-QLIB_PY = "/work/qlib-venv/bin/python"
+QLIB_PY = str(Path(os.environ.get("QLIB_VENV", ROOT.parent / "qlib-venv")) / "bin" / "python")
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -93,15 +93,15 @@ def compare(ours_path: str, qlib_path: str) -> list[tuple[str, float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--provider", default="/work/shared/data/cn_csi300")
+    p.add_argument("--provider", default=str(ROOT.parent / "shared" / "data" / "cn_csi300"))
     p.add_argument("--start", default="2010-01-04")
     p.add_argument("--end", default="2026-05-08")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--kernels", default="2")
     p.add_argument("--skip-qlib", action="store_true", help="time distgru only; compare with --qlib-frame")
-    p.add_argument("--qlib-frame", default="/work/bench_out/qlib_alpha158_all.parquet",
+    p.add_argument("--qlib-frame", default=str(ROOT.parent / "bench_out" / "qlib_alpha158_all.parquet"),
                    help="qlib's frame to compare with (written by the qlib runs unless --skip-qlib)")
-    p.add_argument("--out", default="/work/bench_out/features_vs_qlib")
+    p.add_argument("--out", default=str(ROOT.parent / "bench_out" / "features_vs_qlib"))
     p.add_argument("--distgru-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--frame-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Create the side-by-side qlib reference environment used ONLY by benchmarks/qlib_*.py.
 #
-# distgru never imports qlib: this venv lives outside the repository (default /work/qlib-venv) and is
+# distgru never imports qlib: this venv lives outside the repository (default: qlib-venv beside the repository, or $QLIB_VENV) and is
 # separate from the project venv, so qlib's pins (and its mlflow/jupyter/cvxpy dependency tree) never
 # touch distgru's environment.
 #
 # Usage:   bash benchmarks/qlib_env.sh [VENV_DIR]          (or QLIB_VENV=DIR bash benchmarks/qlib_env.sh)
-# Then:    . /work/qlib-venv/bin/activate && python benchmarks/qlib_features.py ...
+# Then:    . ../qlib-venv/bin/activate && python benchmarks/qlib_features.py ...
 #
 # Order matters: torch is installed FIRST, pinned to the local CPU wheel (2.13.0+cpu, found through pip's
 # find-links on this machine); installing pyqlib first would let pip resolve some other torch build and
 # download gigabytes of CUDA wheels.
 set -euo pipefail
 
-VENV=${1:-${QLIB_VENV:-/work/qlib-venv}}
+VENV=${1:-${QLIB_VENV:-$(cd "$(dirname "$0")/../.." && pwd)/qlib-venv}}
 PYTHON=${PYTHON:-python3.11}           # pyqlib 0.9.7 ships a cp311 manylinux wheel (compiled Cython ops)
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 PYQLIB_VERSION=${PYQLIB_VERSION:-0.9.7}

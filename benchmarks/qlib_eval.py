@@ -1,6 +1,6 @@
 """qlib's own evaluation of one prediction file: ``calc_ic`` and the TopK-Dropout daily backtest.
 
-Runs ONLY in the qlib venv (``/work/qlib-venv/bin/python benchmarks/qlib_eval.py ...``), as a child of
+Runs ONLY in the qlib venv (``$QLIB_VENV/bin/python benchmarks/qlib_eval.py ...``), as a child of
 ``benchmarks/eval_vs_qlib.py``. Reads ``pred.pkl`` (DataFrame, column ``score``, MultiIndex (datetime,
 instrument)) and ``label.pkl`` (same index, column ``label``), writes into ``--out``:
 

@@ -2,7 +2,7 @@
 
 Runs ONLY inside the separate qlib venv (benchmarks/qlib_env.sh); distgru never imports qlib.
 
-    . /work/qlib-venv/bin/activate
+    . ${QLIB_VENV:-../qlib-venv}/bin/activate
     nice -n 10 python benchmarks/qlib_features.py --runs 1 --out /work/bench_out/qlib_alpha158_all.parquet
 
 What is timed (per run, end to end): ``D.features(D.instruments("csi300"), fields, start, end)`` with the 158
@@ -39,7 +39,7 @@ def _peak_rss_mib(who: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--provider-uri", default="/work/shared/data/cn_csi300")
+    p.add_argument("--provider-uri", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300"))
     p.add_argument("--market", default="csi300")
     p.add_argument("--start", default="2010-01-04")
     p.add_argument("--end", default="2026-05-08")
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         default="2",
         help="qlib worker processes for D.features ('default' keeps qlib's own: max(cpu_count-2, 1))",
     )
-    p.add_argument("--out", default="/work/bench_out/qlib_alpha158_all.parquet")
+    bench_out = Path(__file__).resolve().parents[2] / "bench_out"
+    p.add_argument("--out", default=str(bench_out / "qlib_alpha158_all.parquet"), help="output Parquet file")
     p.add_argument("--no-write", action="store_true", help="skip writing the Parquet file")
     args = p.parse_args(argv)
 

@@ -3,7 +3,7 @@ that distgru's GRU is compared with (accuracy and speed).
 
 Runs ONLY inside the separate qlib venv (benchmarks/qlib_env.sh); distgru never imports qlib.
 
-    . /work/qlib-venv/bin/activate
+    . ${QLIB_VENV:-../qlib-venv}/bin/activate
     nice -n 15 python benchmarks/qlib_gru.py --protocol csi300-short --seed 0 --out /work/bench_out/qlib_gru --n-jobs 2
 
 Setup = examples/benchmarks/GRU/workflow_config_gru_Alpha158.yaml with only the dates changed (see PROTOCOLS):
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         help="pickle of the fitted, processed Alpha158 handler (written on first use, read after), so "
         "a rerun or resume skips qlib's feature computation; per protocol: use a separate file each",
     )
-    p.add_argument("--provider-uri", default="/work/shared/data/cn_csi300")
+    p.add_argument("--provider-uri", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cn_csi300"))
     p.add_argument("--market", default="csi300")
     args = p.parse_args(argv)
 

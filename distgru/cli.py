@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"distgru {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before a run directory existed (a run's own Ctrl-C ends as RunStopped)
-        print(f"distgru {args.command}: interrupted before any run state was written; nothing to resume",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # outside a run's lifecycle (before it, or a second Ctrl-C racing the first)
+        print(f"distgru {args.command}: interrupted; a run directory printed above keeps its checkpoints and its "
+              "status.json names the command that resumes it", file=sys.stderr)
         return 130
     except Exception as e:
         from distgru.training.lifecycle import RunStopped

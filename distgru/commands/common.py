@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
@@ -22,3 +23,25 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     if args.address:
         out.append(f"resources.address={args.address}")
     return out
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, *, required: bool, what: str) -> None:
+    """The bar source options every data-reading command shares (``data.load.source_config`` resolves them);
+    ``what`` says what the source replaces when none is given."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--provider", metavar="DIR", help=f"qlib provider directory for the bars{what}")
+    source.add_argument("--data", metavar="FILE", help="long-format bars, .parquet or .csv (datetime, instrument, "
+                        f"open, high, low, close, volume[, factor, vwap, change]){what}")
+    source.add_argument("--synthetic", action="store_true", help="the embedded synthetic market")
+    parser.add_argument("--benchmark", metavar="SYMBOL", help="benchmark index symbol: its rows are the index, not "
+                        "a stock (default: a run's own; for a provider the market profile's; for a file none)")
+    parser.add_argument("--benchmark-data", metavar="FILE", help="long-format file holding the benchmark's rows "
+                        "(datetime, instrument, close) when the bars' source lacks them")
+
+
+def source_from_args(args: argparse.Namespace, base: Any = None) -> Any:
+    """``args``' bar source as a ``DataConfig`` over ``base`` (a run's), or ``base`` when none is given."""
+    from distgru.data.load import source_config
+
+    return source_config(provider=args.provider, data=args.data, synthetic=args.synthetic,
+                         benchmark=args.benchmark, benchmark_data=args.benchmark_data, base=base)

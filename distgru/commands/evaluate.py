@@ -2,6 +2,7 @@
 
     distgru evaluate runs/<run>                                 # bars from the run's config.yaml
     distgru evaluate preds.parquet --provider ~/.qlib/qlib_data/cn_data --out eval/
+    distgru evaluate preds.parquet --data us.parquet --benchmark EQW --profile us
     distgru evaluate preds.parquet --synthetic                  # bars: the default synthetic market
     distgru evaluate preds.parquet                              # no bars: signal metrics only
 
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 
+from distgru.commands.common import add_source_arguments
+from distgru.config.market import PROFILES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="RUN_DIR_OR_PREDICTIONS", help="run directory or predictions Parquet")
-    bars = parser.add_mutually_exclusive_group()
-    bars.add_argument("--provider", metavar="DIR", help="qlib provider directory for the bars (overrides a run "
-                      "directory's data config)")
-    bars.add_argument("--synthetic", action="store_true", help="bars from the default synthetic market")
+    add_source_arguments(parser, required=False, what=" (overrides a run directory's data config)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="market profile of the backtest (trading "
+                        "days, price limit, lot, costs; default: a run's own market, else cn)")
     parser.add_argument("--out", metavar="DIR", help="where the files go (default: the run directory, or the "
                         "predictions file's directory)")
 
@@ -33,10 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from distgru.evaluation.evaluate import evaluate_path, metric_table
 
-    ev = evaluate_path(args.path, provider=args.provider, synthetic=args.synthetic, out_dir=args.out)
+    ev = evaluate_path(args.path, provider=args.provider, synthetic=args.synthetic, data=args.data,
+                       benchmark=args.benchmark, benchmark_data=args.benchmark_data, profile=args.profile,
+                       out_dir=args.out)
     print(metric_table({"test": ev.metrics}))
     if ev.window:
         print(f"backtest {ev.window[0]} .. {ev.window[1]}: TopK-Dropout, excess return with cost over the "
-              "benchmark (qlib's 238-day annualisation)")
+              f"benchmark, annualised over {ev.trading_days} trading days a year (market.trading_days)")
     print(f"report: {ev.files['report_html']}")
     return 0

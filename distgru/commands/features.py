@@ -3,7 +3,7 @@
     distgru features --provider ~/.qlib/qlib_data/cn_data --market csi300 --start 2014-06-01 --end 2016-12-31 \\
         --out f.parquet
     distgru features --provider DIR --instruments SH600000,SZ000001 --columns KLEN,ROC60 --out two.parquet
-    distgru features --data bars.parquet --out f.parquet          # long-format Parquet/CSV bars
+    distgru features --data bars.parquet --benchmark EQW --out f.parquet   # long-format Parquet/CSV bars
     distgru features --synthetic --out synthetic.parquet
 
 Rows are indexed (datetime, instrument) and sorted; one float32 column per feature, named as qlib names it.
@@ -17,7 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
-from distgru.config import ConfigError, DataConfig, FeatureConfig
+from distgru.commands.common import add_source_arguments, source_from_args
+from distgru.config import DataConfig, FeatureConfig
 from distgru.data.load import load_bars
 from distgru.data.panel import REQUIRED_FIELDS
 from distgru.features import FEATURE_SETS, check_features, feature_frame, label_expression
@@ -30,11 +31,7 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--provider", metavar="DIR", help="qlib provider directory (calendars/, instruments/, "
-                        "features/)")
-    source.add_argument("--data", metavar="PATH", help="long-format bars, .parquet or .csv")
-    source.add_argument("--synthetic", action="store_true", help="the embedded synthetic market")
+    add_source_arguments(parser, required=True, what="")
     parser.add_argument("--market", default="csi300", help="universe file instruments/<market>.txt, or 'all' "
                         "(default csi300)")
     parser.add_argument("--instruments", type=_csv, metavar="A,B", help="named symbols instead of the market "
@@ -53,17 +50,11 @@ def run(args: argparse.Namespace) -> int:
     features = FeatureConfig(set=args.features, columns=args.columns, label=args.label)
     check_features(features)
     label = label_expression(features)
-    # The benchmark index is no feature input: leave it out so a provider without one works.
-    common = {"instruments": args.instruments, "start": args.start, "end": args.end, "benchmark": None}
-    if args.provider:
-        data = DataConfig(source="qlib", provider=args.provider, market=args.market, **common)
-    elif args.data:
-        suffix = Path(args.data).suffix.lower()
-        if suffix not in (".parquet", ".csv"):
-            raise ConfigError(f"--data {args.data}: expected a .parquet or .csv file")
-        data = DataConfig(source=suffix[1:], path=args.data, **common)
-    else:
-        data = DataConfig(source="synthetic", **common)
+    # The benchmark index is no feature input: without --benchmark it is left out, so a provider without one works;
+    # with it, a file's index rows are kept apart instead of becoming a stock.
+    base = DataConfig(market=args.market, instruments=args.instruments, start=args.start, end=args.end,
+                      benchmark=None)
+    data = source_from_args(args, base)
     extra = tuple(sorted(referenced_fields(args.features, args.columns, label) - set(REQUIRED_FIELDS)))
     bars = load_bars(data, fields=extra)  # the whole history: look-back before --start, label days after --end
     # --start is qlib's query start: each expression's series begins at --start minus its look-back, as in

@@ -3,8 +3,9 @@
     distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08
     distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08 --provider ~/.qlib/qlib_data/cn_data \\
         --out scores.parquet
+    distgru predict --run runs/<run> --start 2026-05-01 --end 2026-05-08 --data us_bars.parquet --benchmark EQW
 
-Features are computed from the run's data source (or ``--provider``) exactly as in training, including the
+Features are computed from the run's data source (or ``--provider``/``--data``) exactly as in training, including the
 ``step_len`` days before ``--start`` that the first windows need. The Parquet file has one row per universe member
 and day: datetime, instrument, score, label (the raw label, NaN where the future is not known yet), sorted by
 (datetime, instrument). Default output: ``<run>/predictions_<start>_<end>.parquet``.
@@ -17,6 +18,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from distgru.commands.common import add_source_arguments, source_from_args
 from distgru.config import ConfigError
 from distgru.training import parallel as par
 from distgru.training.checkpoint import load_best
@@ -28,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, metavar="DIR", help="a run directory of distgru train")
     parser.add_argument("--start", required=True, help="first day to score (YYYY-MM-DD)")
     parser.add_argument("--end", required=True, help="last day to score")
-    parser.add_argument("--provider", metavar="DIR", help="qlib provider directory with the new bars "
-                        "(default: the run's data source)")
+    add_source_arguments(parser, required=False, what=" with the new bars (default: the run's data source)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="output Parquet file")
     parser.add_argument("--batch-size", type=int, default=4096, help="samples per forward pass")
 
@@ -43,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise ConfigError(f"--run: {e}") from None
     cfg = best.cfg
-    if args.provider:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="qlib", provider=str(args.provider)))
+    cfg = dataclasses.replace(cfg, data=source_from_args(args, cfg.data))
     panel = prepare_inference(best.processor_state, cfg, args.start, args.end)
     frame = score_segment(cfg, panel, best.model, "test", device=par.pick_device(), batch_size=args.batch_size)
     if frame.empty:

@@ -107,7 +107,8 @@ def _evaluate(cfg: Config, run: RunDir) -> int:
         print(f"evaluation failed ({type(e).__name__}: {e}); retry with: distgru evaluate {run}")
         return 1
     print(evaluation_table({"test": ev.metrics}, BACKTEST_KEYS)
-          + f"\nbacktest {ev.window[0]} .. {ev.window[1]} (excess return with cost); report: {ev.files['report_html']}")
+          + f"\nbacktest {ev.window[0]} .. {ev.window[1]} (excess return with cost, annualised over "
+            f"{ev.trading_days} trading days a year); report: {ev.files['report_html']}")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from distgru.config.loader import ConfigError
+from distgru.config.market import PROFILES, MarketConfig
 from distgru.config.tune import TuneConfig
 
 
@@ -68,8 +69,11 @@ class DataConfig:
     """Universe: ``instruments/<market>.txt`` of the provider (point-in-time spans), or ``all``."""
     instruments: list[str] | None = None
     """Explicit symbols instead of the market; named instruments are not masked to membership spans (as D.features)."""
-    benchmark: str | None = "SH000300"
-    """Benchmark index symbol (backtest); null for none."""
+    benchmark: str | None = "market"
+    """Benchmark index symbol (backtest); null for none; ``market``: the market profile's (cn: SH000300)."""
+    benchmark_path: str | None = None
+    """Long-format file (datetime, instrument, close) holding the benchmark's rows, when they are not in the bars'
+    own file or provider. null: the bars' source."""
     start: str | None = None
     """First day loaded; history before the first segment feeds the look-back windows. null: all history."""
     end: str | None = None
@@ -87,6 +91,10 @@ class DataConfig:
         if self.source in ("parquet", "csv") and not self.path:
             raise ConfigError(f"data.path: required when data.source is {self.source!r}")
         check_range("data.start/end", self.start, self.end)
+        # Outside a Config (no profile known) "market" means the cn default; Config re-resolves it.
+        self.market_benchmark = self.benchmark == "market"
+        if self.market_benchmark:
+            self.benchmark = PROFILES["cn"]["benchmark"]
 
 
 @dataclass(kw_only=True)
@@ -239,7 +247,11 @@ class TrainConfig:
     clip_value: float = 3.0
     """Clip threshold (value or norm)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Autocast precision on GPU; fp16 uses a grad scaler (unscaled before clipping)."""
+    """Autocast precision on GPU; fp16 uses a grad scaler (unscaled before clipping). Under bf16 the recurrence
+    itself runs in fp32 (cuDNN's RNN autocast would run it in fp16, without a scaler); the linear layers in bf16."""
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    """Adam's fused single-kernel step: ``auto`` uses it on CUDA only (``on`` on a CPU device is an error; the CPU
+    path keeps the reference for-each step, bit for bit). SGD is never fused."""
     seed: int = 0
     """Seed for model init, shuffling and dropout."""
     deterministic: bool = False
@@ -280,6 +292,12 @@ class ResourcesConfig:
             raise ConfigError(f"resources.num_workers: {self.num_workers} must be >= 1")
         check_positive("resources.cpus_per_worker", self.cpus_per_worker)
         check_positive("resources.gpus_per_worker", self.gpus_per_worker)
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            # Ray would pack several ranks on one card; each then sees it as cuda:0 and NCCL fails on duplicate GPUs.
+            raise ConfigError(f"resources.gpus_per_worker: {self.gpus_per_worker} with {self.num_workers} workers "
+                              "packs several DDP ranks on one GPU (NCCL refuses duplicate GPUs); N-worker runs need "
+                              "whole GPUs (gpus_per_worker: 1). Fractions are for single-worker trials, e.g. "
+                              "tune.resources.gpu: 0.25")
 
 
 @dataclass(kw_only=True)
@@ -292,17 +310,20 @@ class BacktestConfig:
     """Fraction of portfolio value invested."""
     account: float = 1e8
     """Initial cash."""
-    open_cost: float = 0.0005
-    """Cost rate on buys."""
-    close_cost: float = 0.0015
-    """Cost rate on sells."""
-    min_cost: float = 5.0
-    """Minimum cost per trade."""
-    limit_threshold: float = 0.095
+    open_cost: float | None = None
+    """Cost rate on buys. null: the market profile's (``market.open_cost``)."""
+    close_cost: float | None = None
+    """Cost rate on sells. null: the market profile's."""
+    min_cost: float | None = None
+    """Minimum cost per trade. null: the market profile's."""
+    limit_threshold: float | None = None
     """|change| at or beyond which a stock is at its price limit; as qlib's default (forbid_all_trade_at_limit)
-    it can then be neither bought nor sold that day."""
-    trade_unit: int = 100
-    """Shares per lot (rounded through factor)."""
+    it can then be neither bought nor sold that day. ``inf``: no limit. null: the market profile's."""
+    trade_unit: int | None = None
+    """Shares per lot (rounded through factor). null: the market profile's."""
+    trading_days: int | None = None
+    """Trading days per year annualising the backtest's return and information ratio. null: the market
+    profile's (cn 238 as qlib's ``_freq_scaler``, us 252)."""
     block_zero_volume: bool = False
     """Also treat zero-volume bars as untradable (off when comparing with qlib)."""
 
@@ -311,6 +332,21 @@ class BacktestConfig:
             raise ConfigError(f"backtest: need topk >= 1 and 0 <= n_drop <= topk, got {self.topk}, {self.n_drop}")
         if not 0 < self.risk_degree <= 1:
             raise ConfigError(f"backtest.risk_degree: {self.risk_degree} must be in (0, 1]")
+        # Unset fields come from the market; outside a Config that is cn (qlib's defaults), and Config
+        # re-resolves them from its own market (``for_market``). A plain attribute, so to_dict never writes it.
+        self.from_market = tuple(k for k in MarketConfig().backtest_defaults() if getattr(self, k) is None)
+        self._fill(MarketConfig())
+
+    def _fill(self, market: MarketConfig) -> None:
+        for key in self.from_market:
+            setattr(self, key, market.backtest_defaults()[key])
+        for key in ("trade_unit", "trading_days"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"backtest.{key}: {getattr(self, key)} must be >= 1")
+
+    def for_market(self, market: MarketConfig) -> None:
+        """Take the fields this config left unset from ``market`` (explicit ``backtest.*`` keys win)."""
+        self._fill(market)
 
 
 @dataclass(kw_only=True)
@@ -335,10 +371,18 @@ class Config:
     """Optimisation, early stopping, clipping, weights."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     """Workers and devices."""
+    market: MarketConfig = field(default_factory=MarketConfig)
+    """Trading rules of the data's market (profile cn/us/custom): annualisation days, price limit, lot, costs,
+    default benchmark. Not ``data.market``, which is the universe."""
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     """TopK-Dropout backtest of the test predictions."""
     tune: TuneConfig | None = None
     """Search space and scheduler for ``distgru tune`` (see configs/tune_*.yaml); ignored by ``distgru train``."""
+
+    def __post_init__(self) -> None:
+        self.backtest.for_market(self.market)
+        if getattr(self.data, "market_benchmark", False):
+            self.data.benchmark = self.market.benchmark
 
     @property
     def window_len(self) -> int:

@@ -228,3 +228,29 @@ def panel_from_frame(
         benchmark_name=bench,
         source=source,
     )
+
+
+def load_benchmark(path: str | Path, symbol: str, calendar: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+    """The close of ``symbol`` from a long-format file (datetime, instrument, close; other columns ignored) as
+    ``panel.benchmark`` holds it: float32 on ``calendar``, NaN on days the file lacks (the backtest counts 0 then).
+
+    For an index kept apart from the stock bars; the stock file's own rows are read by :func:`load_long_table`."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise DataError(f"{source}: benchmark file does not exist (expected a long-format .parquet or .csv)")
+    frame = _read(source, _detect_format(source))
+    frame = frame.set_axis([str(c).strip().lower() for c in frame.columns], axis=1)
+    missing = [c for c in ("datetime", "instrument", "close") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; a benchmark file needs datetime, instrument, close")
+    rows = frame[frame["instrument"].astype(str).str.strip().str.upper() == symbol.upper()]
+    if rows.empty:
+        have = sorted(frame["instrument"].astype(str).unique())
+        raise DataError(f"{source}: no rows for benchmark {symbol.upper()}; symbols in the file: {listing(have)}")
+    try:
+        days = pd.DatetimeIndex(pd.to_datetime(rows["datetime"]))
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{source}: benchmark datetime does not parse ({e}); write dates such as 2020-01-31") from None
+    close = pd.Series(pd.to_numeric(rows["close"], errors="coerce").to_numpy(np.float64), index=days)
+    close = close[~close.index.duplicated(keep="last")]
+    return {"close": close.reindex(calendar).to_numpy(np.float32)}

@@ -53,7 +53,8 @@ from distgru.config.schema import BacktestConfig
 from distgru.data.panel import BarPanel
 
 TRADING_DAYS = 238
-"""qlib's daily annualisation scaler (``_freq_scaler`` for 'day'), not 252."""
+"""qlib's daily annualisation scaler (``_freq_scaler`` for 'day'): the cn market profile's; other markets pass
+their own (``backtest.trading_days``, from ``market.trading_days``; us 252)."""
 
 REPORT_COLUMNS = ("account", "return", "bench", "cost", "turnover", "value", "cash", "n_holdings")
 
@@ -148,7 +149,8 @@ class _Book:
             return
         if self.cash < value + self._fee(value, rate):
             # Largest amount the cash covers including the fee; the fee is the rate above min_cost / rate.
-            if self.cash >= self.cfg.min_cost / rate + self.cfg.min_cost:
+            # (rate 0: no fee to cover, so only the cash bounds the amount.)
+            if rate == 0 or self.cash >= self.cfg.min_cost / rate + self.cfg.min_cost:
                 affordable = self.cash / (1 + rate) / price
             else:
                 affordable = (self.cash - self.cfg.min_cost) / price
@@ -290,6 +292,7 @@ def excess_returns(report: pd.DataFrame) -> pd.DataFrame:
                          "excess_return_with_cost": without - report["cost"]})
 
 
-def portfolio_metrics(report: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """``risk_analysis`` of both excess-return series (the benchmark tables use ``excess_return_with_cost``)."""
-    return {name: risk_analysis(series) for name, series in excess_returns(report).items()}
+def portfolio_metrics(report: pd.DataFrame, trading_days: int = TRADING_DAYS) -> dict[str, dict[str, float]]:
+    """``risk_analysis`` of both excess-return series (the benchmark tables use ``excess_return_with_cost``),
+    annualised over ``trading_days`` a year (the market's; qlib's 238 by default)."""
+    return {name: risk_analysis(series, trading_days) for name, series in excess_returns(report).items()}

@@ -3,6 +3,7 @@
     result = evaluate_predictions(pred, panel, cfg.backtest, out_dir)       # the building block
     result = evaluate_run(run_dir)                                          # a run directory, in place
     result = evaluate_path("preds.parquet", provider="~/.qlib/...")         # a bare predictions file
+    result = evaluate_path("preds.parquet", data="us.parquet", benchmark="EQW", profile="us")
 
 What a run directory (or ``--out``) gets::
 
@@ -28,17 +29,23 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
+from distgru.config.loader import to_dict
+from distgru.config.market import MarketConfig
 from distgru.config.schema import BacktestConfig, Config, DataConfig
 from distgru.data.panel import BarPanel, DataError
 from distgru.data.validate import listing
-from distgru.evaluation.backtest import excess_returns, portfolio_metrics, run_backtest
+from distgru.evaluation.backtest import TRADING_DAYS, excess_returns, portfolio_metrics, run_backtest
 from distgru.metrics import as_frame, signal_metrics
-from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, RESULT_FILE, read_config, write_json
+from distgru.training.rundir import CONFIG_FILE, PREDICTIONS_FILE, RESULT_FILE, RunDir, read_config, write_json
+
+if TYPE_CHECKING:  # imported on use below: matplotlib is only needed when a page is written
+    from distgru.evaluation.report import RunInfo
 
 PRED_PKL = "pred.pkl"
 LABEL_PKL = "label.pkl"
@@ -70,11 +77,13 @@ class Evaluation:
     """What was written: report_html, backtest_report, pred_pkl, label_pkl."""
     window: tuple[str, str] | None = None
     """First and last backtest day."""
+    trading_days: int | None = None
+    """Days a year the annualised metrics use (the market's); None without a backtest."""
 
     def block(self) -> dict[str, Any]:
         """The ``evaluation`` block of result.json."""
         return {"metrics": self.metrics, "window": list(self.window) if self.window else None,
-                "files": self.files}
+                "trading_days": self.trading_days, "files": self.files}
 
 
 def read_predictions(path: Path) -> pd.DataFrame:
@@ -170,11 +179,13 @@ def write_qlib_pickles(pred: pd.DataFrame, out_dir: str | Path) -> tuple[Path, P
     return out / PRED_PKL, out / LABEL_PKL
 
 
-def flat_metrics(signal: dict[str, float], report: pd.DataFrame | None) -> dict[str, float]:
-    """Signal metrics plus the backtest's headline numbers under the names of the module docstring."""
+def flat_metrics(signal: dict[str, float], report: pd.DataFrame | None,
+                 trading_days: int = TRADING_DAYS) -> dict[str, float]:
+    """Signal metrics plus the backtest's headline numbers under the names of the module docstring, annualised
+    over ``trading_days`` a year (the evaluation block records it beside them)."""
     metrics = dict(signal)
     if report is not None:
-        pm = portfolio_metrics(report)
+        pm = portfolio_metrics(report, trading_days)
         with_cost, without = pm["excess_return_with_cost"], pm["excess_return_without_cost"]
         for key in ("annualized_return", "information_ratio", "max_drawdown"):
             metrics[key] = with_cost[key]
@@ -183,13 +194,31 @@ def flat_metrics(signal: dict[str, float], report: pd.DataFrame | None) -> dict[
     return metrics
 
 
+def data_facts(panel: BarPanel | None, backtest: BacktestConfig) -> dict[str, object]:
+    """What the report states about the bars and the trading rules, so a number is never read with the wrong
+    market (annualisation days, limit, lot, costs)."""
+    if panel is None:
+        return {}
+    members = panel.membership.sum(axis=0)
+    limit = backtest.limit_threshold
+    return {
+        "bars": f"{panel.calendar[0]:%Y-%m-%d} .. {panel.calendar[-1]:%Y-%m-%d} ({len(panel.calendar)} days)",
+        "universe": f"{len(panel.instruments)} instruments, {members.mean():.0f} members a day on average",
+        "benchmark": panel.benchmark_name or "none (bench = 0)",
+        "annualisation": f"{backtest.trading_days} trading days a year",
+        "price limit": "none" if limit is None or math.isinf(limit) else f"|change| >= {limit:g}",
+        "trade unit": f"{backtest.trade_unit} shares",
+        "costs": f"open {backtest.open_cost:g}, close {backtest.close_cost:g}, min {backtest.min_cost:g}",
+    }
+
+
 def evaluate_predictions(pred: pd.DataFrame, panel: BarPanel | None, backtest: BacktestConfig | None,
                          out_dir: str | Path, *, title: str = "distgru evaluation",
-                         source: str = "predictions") -> Evaluation:
+                         source: str = "predictions", run: RunInfo | None = None) -> Evaluation:
     """Signal metrics, (with a panel) the backtest over the predictions' days, and every file of the module
     docstring except result.json, written into ``out_dir``. ``pred`` is checked first (``check_predictions``;
     ``source`` names it in messages)."""
-    from distgru.evaluation.report import write_evaluation_report
+    from distgru.evaluation.report import RunInfo, write_evaluation_report
 
     frame, _ = check_predictions(pred, source, None if panel is None else panel.calendar)
     out = Path(out_dir)
@@ -197,22 +226,29 @@ def evaluate_predictions(pred: pd.DataFrame, panel: BarPanel | None, backtest: B
     pred_pkl, label_pkl = write_qlib_pickles(frame, out)
     files = {"pred_pkl": str(pred_pkl), "label_pkl": str(label_pkl)}
     report, window = None, None
+    backtest = backtest or BacktestConfig()
+    days = int(backtest.trading_days or TRADING_DAYS)
     if panel is not None:
         start, end = frame["datetime"].min(), frame["datetime"].max()
-        result = run_backtest(frame[["datetime", "instrument", "score"]], panel, backtest or BacktestConfig(),
-                              start, end)
+        result = run_backtest(frame[["datetime", "instrument", "score"]], panel, backtest, start, end)
         report = result.report
         window = (f"{report.index[0]:%Y-%m-%d}", f"{report.index[-1]:%Y-%m-%d}")
         report.join(excess_returns(report)).to_parquet(out / BACKTEST_PARQUET)
         files["backtest_report"] = str(out / BACKTEST_PARQUET)
-    metrics = flat_metrics(signal_metrics(frame), report)
-    shown = {k: v for k, v in metrics.items() if k not in BACKTEST_KEYS and not k.endswith("_without_cost")}
-    nested = portfolio_metrics(report) if report is not None else {}
+    metrics = flat_metrics(signal_metrics(frame), report, days)
+    shown = {k: v for k, v in metrics.items()
+             if k not in BACKTEST_KEYS and not k.endswith("_without_cost")}
+    nested = {f"{k} (annualised over {days} days)": v
+              for k, v in portfolio_metrics(report, days).items()} if report is not None else {}
     write_evaluation_report(frame, report, {**shown, "turnover (mean daily)": metrics.get("turnover", math.nan),
                                             **nested} if report is not None else shown,
-                            out / REPORT_HTML, title=title)
+                            out / REPORT_HTML, title=title,
+                            run=dataclasses.replace(run or RunInfo(),
+                                                    facts={**((run and run.facts) or {}),
+                                                           **data_facts(panel, backtest)}))
     files["report_html"] = str(out / REPORT_HTML)
-    return Evaluation(metrics=metrics, report=report, files=files, window=window)
+    return Evaluation(metrics=metrics, report=report, files=files, window=window,
+                      trading_days=days if report is not None else None)
 
 
 def metric_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] = TABLE_KEYS) -> str:
@@ -259,8 +295,13 @@ def evaluate_run(run_dir: str | Path, *, out_dir: str | Path | None = None, cfg:
     if panel is None:
         panel = load_panel(cfg.data)
     out = Path(out_dir) if out_dir is not None else run
+    from distgru.evaluation.report import RunInfo
+
+    info = RunInfo(history=RunDir(run).read_metrics(), metric=cfg.train.metric,
+                   config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                   facts={"run": run.name, "market profile": cfg.market.profile})
     ev = evaluate_predictions(pred, panel, cfg.backtest, out, title=f"distgru evaluation: {run.name}",
-                              source=str(run / PREDICTIONS_FILE))
+                              source=str(run / PREDICTIONS_FILE), run=info)
     if out.resolve() == run.resolve() and (run / RESULT_FILE).is_file():
         ev.files["result_json"] = str(run / RESULT_FILE)
         _update_result(run, ev.block())
@@ -271,20 +312,27 @@ def evaluate_run(run_dir: str | Path, *, out_dir: str | Path | None = None, cfg:
 
 
 def evaluate_path(path: str | Path, *, provider: str | None = None, synthetic: bool = False,
-                  out_dir: str | Path | None = None, backtest: BacktestConfig | None = None) -> Evaluation:
+                  data: str | None = None, benchmark: str | None = None, benchmark_data: str | None = None,
+                  profile: str | None = None, out_dir: str | Path | None = None,
+                  backtest: BacktestConfig | None = None) -> Evaluation:
     """``distgru evaluate``: a run directory (config.yaml + predictions.parquet), or a bare predictions Parquet
-    with bars from a qlib ``provider`` directory or the default ``synthetic`` market (neither: signal metrics
-    only). A run directory's own config wins unless ``provider``/``synthetic`` is given."""
+    with bars from a qlib ``provider`` directory, a long-format ``data`` file or the default ``synthetic`` market
+    (none: signal metrics only); ``benchmark``/``benchmark_data`` as ``data.load.source_config``. A run
+    directory's own config wins unless a source is given. ``profile`` (a market profile name) sets the backtest's
+    trading rules: default a run's own market, else cn."""
+    from distgru.data.load import source_config
+
     p = Path(path).expanduser()
-    provider = str(Path(provider).expanduser()) if provider else None
+    where = {"provider": provider, "data": data, "synthetic": synthetic, "benchmark": benchmark,
+             "benchmark_data": benchmark_data}
+    market = None if profile is None else MarketConfig(profile=profile)  # type: ignore[arg-type]
     if p.is_dir():
         if not (p / CONFIG_FILE).is_file():
             raise DataError(f"{p}: no {CONFIG_FILE}; is it a distgru run directory?")
         cfg = read_config(p / CONFIG_FILE)
-        if provider:  # same universe and benchmark, bars from elsewhere
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="qlib", provider=provider))
-        elif synthetic:
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="synthetic"))
+        cfg = dataclasses.replace(cfg, data=source_config(**where, base=cfg.data))  # same universe, other bars
+        if market is not None:  # the profile's rules, over the run's resolved ones
+            cfg = dataclasses.replace(cfg, market=market, backtest=_with_market(cfg.backtest, market))
         if backtest is not None:
             cfg = dataclasses.replace(cfg, backtest=backtest)
         return evaluate_run(p, out_dir=out_dir, cfg=cfg)
@@ -292,11 +340,17 @@ def evaluate_path(path: str | Path, *, provider: str | None = None, synthetic: b
         raise DataError(f"{p}: neither a run directory nor a predictions file")
     pred = read_predictions(p)
     prediction_frame(pred, str(p))  # before the bars load: a wrong file should not wait for the data
-    data = DataConfig(source="qlib", provider=provider) if provider else (
-        DataConfig(source="synthetic") if synthetic else None)
-    panel = load_panel(data) if data is not None else None
+    bars = source_config(**where)
+    panel = load_panel(bars) if bars is not None else None
     out = Path(out_dir) if out_dir is not None else p.parent
+    if backtest is None and market is not None:
+        backtest = _with_market(BacktestConfig(), market)
     ev = evaluate_predictions(pred, panel, backtest, out, title=f"distgru evaluation: {p.name}", source=str(p))
     write_json(out / EVALUATION_JSON, ev.block())
     ev.files["evaluation_json"] = str(out / EVALUATION_JSON)
     return ev
+
+
+def _with_market(backtest: BacktestConfig, market: MarketConfig) -> BacktestConfig:
+    """``backtest`` with ``market``'s trading rules (its strategy settings kept)."""
+    return dataclasses.replace(backtest, **market.backtest_defaults())

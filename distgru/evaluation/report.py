@@ -37,6 +37,8 @@ table { border-collapse: collapse; margin: 10px 0; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: 4px 10px; text-align: right; }
 th { background: #f3f5f7; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; display: block; margin: 10px 0; } p.note { color: #57606a; font-size: 13px; }
+details summary { cursor: pointer; color: #0969da; font-size: 13px; } pre { font-size: 12px; background: #f6f8fa;
+padding: 8px; overflow-x: auto; }
 """
 
 
@@ -185,11 +187,51 @@ def _metric_rows(metrics: Mapping[str, object]) -> tuple[list[dict[str, object]]
     return flat, sections
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What the page says about the run behind the predictions (everything optional: a bare predictions file has
+    at most its bars)."""
+
+    history: Sequence[Mapping[str, Any]] = ()
+    """metrics.jsonl rows: epoch (from 1), train_loss, valid_score, best_epoch."""
+    metric: str = "valid metric"
+    """What valid_score is (train.metric)."""
+    config_yaml: str = ""
+    """The resolved config as saved with the run."""
+    facts: Mapping[str, object] | None = None
+    """Data span, universe size, market profile and annualisation days, shown first."""
+
+
+def plot_learning_curves(history: Sequence[Mapping[str, Any]], metric: str = "valid metric") -> Figure:
+    """Train loss and the early-stopping metric per epoch, the best epoch marked on both."""
+    epochs = [int(r["epoch"]) for r in history]
+    best = int(history[-1].get("best_epoch") or 0)
+    fig, (left, right) = figure(10, 3.0, ncols=2)
+    for ax, key, label, color in ((left, "train_loss", "train loss", "#1f77b4"),
+                                  (right, "valid_score", f"valid {metric}", "#d62728")):
+        values = [float("nan") if r.get(key) is None else float(r[key]) for r in history]
+        ax.plot(epochs, values, marker="o", ms=3, color=color, label=label)
+        if best:  # 0: no epoch improved, nothing to mark
+            ax.axvline(best, color="#888", ls="--", lw=1, label=f"best epoch {best}")
+            ax.plot([best], [values[epochs.index(best)]], marker="*", ms=12, color="#ff7f0e")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _details(summary: str, body: str) -> str:
+    """Collapsed by default: long tables must not push the plots down the page."""
+    return f"<details><summary>{html.escape(summary)}</summary>{body}</details>"
+
+
 def write_evaluation_report(pred: pd.DataFrame | pd.Series, backtest_report: pd.DataFrame | None,
                             metrics: Mapping[str, object], out_html: str | Path,
-                            title: str = "distgru evaluation") -> Path:
-    """Write the evaluation page: metric tables, cumulative IC / Rank IC, the monthly IC heat map and table,
-    and (with a backtest report) cumulative excess return with drawdown, risk tables and turnover.
+                            title: str = "distgru evaluation", run: RunInfo | None = None) -> Path:
+    """Write the evaluation page: the run (facts, learning curves), then the key plots (cumulative IC / Rank IC,
+    cumulative excess return with drawdown), the metric tables, turnover, the monthly IC heat map, and at the end
+    the long tables collapsed (monthly IC, the resolved config).
 
     ``pred`` is what ``metrics.as_frame`` accepts; ``metrics`` is ``signal_metrics`` output, optionally merged
     with ``portfolio_metrics`` (nested dicts get their own tables; computed here when absent).
@@ -200,20 +242,27 @@ def write_evaluation_report(pred: pd.DataFrame | pd.Series, backtest_report: pd.
     if backtest_report is not None and not portfolio_sections:
         portfolio_sections = _metric_rows(portfolio_metrics(backtest_report))[1]
     span = f"{daily.index.min():%Y-%m-%d} .. {daily.index.max():%Y-%m-%d}" if len(daily) else "no days"
-    sections = [
-        Section("Signal metrics", html_table(flat) + '<p class="note">IC/ICIR/RankIC/RankICIR as qlib (daily, '
-                "not annualised); long_short = mean daily top-decile minus bottom-decile label; hit_rate = share "
-                "of days with IC &gt; 0.</p>"),
-        Section("Cumulative IC and Rank IC", img_tag(plot_cumulative_ic(daily), "cumulative IC")),
-        Section("Monthly IC", img_tag(plot_ic_heatmap(heatmap_frame(monthly)), "monthly IC heat map")
-                + html_table(monthly)),
-    ]
+    sections: list[Section] = []
+    if run is not None and run.facts:
+        sections.append(Section("Run", html_table([{"": k, "value": v} for k, v in run.facts.items()])))
+    if run is not None and run.history:
+        sections.append(Section("Learning curves", img_tag(plot_learning_curves(run.history, run.metric),
+                                                           "learning curves")))
+    sections.append(Section("Cumulative IC and Rank IC", img_tag(plot_cumulative_ic(daily), "cumulative IC")))
     if backtest_report is not None:
         sections.append(Section("Excess return and drawdown",
                                 img_tag(plot_excess_return(backtest_report), "excess return")))
+    sections.append(Section("Signal metrics", html_table(flat) + '<p class="note">IC/ICIR/RankIC/RankICIR as qlib '
+                            "(daily, not annualised); long_short = mean daily top-decile minus bottom-decile label; "
+                            "hit_rate = share of days with IC &gt; 0.</p>"))
     sections += portfolio_sections
     if backtest_report is not None:
         sections.append(Section("Turnover", img_tag(plot_turnover(backtest_report), "turnover")))
+    sections.append(Section("Monthly IC", img_tag(plot_ic_heatmap(heatmap_frame(monthly)), "monthly IC heat map")
+                            + _details(f"monthly IC table ({len(monthly)} rows)", html_table(monthly))))
+    if run is not None and run.config_yaml:
+        sections.append(Section("Config", _details("the resolved config of the run (config.yaml)",
+                                                   f"<pre>{html.escape(run.config_yaml)}</pre>")))
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(title, sections, subtitle=f"test days {span}"), encoding="utf-8")

@@ -31,6 +31,21 @@ class Recurrent(nn.Module):
             raise ValueError(f"expected windows [B, {self.step_len}, {self.d_feat}], got {list(x.shape)}")
         return x
 
+    def recur(self, rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+        """``rnn``'s output sequence; under bf16 autocast the recurrence runs in fp32.
+
+        Choice made (not merely checked): cuDNN's RNN autocast wrapper (AutocastRNN.cpp) casts to fp16 whatever
+        the autocast dtype, and bf16 training has no grad scaler to keep fp16 gradients from underflowing; the
+        CPU runs the GRU in bf16 when its input is bf16 (ALSTM's input map). So under bf16 autocast the recurrence
+        leaves autocast and runs on fp32 input and weights; the linear layers around it stay in bf16. Under fp16
+        (which has the scaler) and without autocast nothing changes.
+        """
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16:
+            with torch.autocast(kind, enabled=False):
+                return rnn(x.float())[0]
+        return rnn(x)[0]
+
     def init_recurrent(self, rnn: nn.RNNBase, init: Init) -> None:
         if init == "default":
             return
@@ -57,7 +72,7 @@ class GRU(Recurrent):
         self.init_recurrent(self.rnn, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.as_steps(x))
+        out = self.recur(self.rnn, self.as_steps(x))
         return self.fc_out(out[:, -1, :]).squeeze(-1)
 
 
@@ -84,7 +99,7 @@ class ALSTM(Recurrent):
         self.init_recurrent(self.rnn, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.rnn(self.fc_in(self.as_steps(x)))
+        out = self.recur(self.rnn, self.fc_in(self.as_steps(x)))
         weights = torch.softmax(self.att(out), dim=1)  # [B, T, 1]: a distribution over time steps
         pooled = (out * weights).sum(dim=1)
         return self.fc_out(torch.cat([out[:, -1, :], pooled], dim=1)).squeeze(-1)

@@ -88,8 +88,9 @@ def features_for(bars: BarPanel, feature_set: str, columns: list[str] | None, la
     root = Path(cache_dir).expanduser()
     inputs = inputs or feature_inputs(bars, feature_set, columns, label, start, end)
     key = cache.make_key(inputs)
-    with _step("reading cached features", progress):
-        table = cache.load_features(root, key)
+    # The cache's own log line says hit or miss (once); a "reading …" step here would announce a read that a
+    # miss never makes.
+    table = cache.load_features(root, key)
     if table is None:
         with _step(f"computing {feature_set} features", progress):
             table = compute()

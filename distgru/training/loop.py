@@ -77,7 +77,7 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
         if resume is not None:
             model.load_state_dict(resume.model)
         ddp = par.wrap_model(model, device)
-        optimizer = (torch.optim.Adam if tc.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=tc.lr)
+        optimizer = _make_optimizer(model, tc, device)
         amp = par.Amp(tc.precision, device)
         if resume is not None:
             optimizer.load_state_dict(resume.optimizer)
@@ -140,7 +140,10 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
             if stop.update(epoch, score):
                 best_model = _cpu_copy(model.state_dict())
 
-            totals = par.all_reduce(stats.double()).cpu() / (world * steps)
+            sums = par.all_reduce(stats.double()).cpu()
+            # Loss over every step; norm and clip share over applied steps (all of them unless fp16 skipped some;
+            # none applied gives NaN, which the run directory writes as null).
+            totals = torch.cat([sums[:1] / (world * steps), sums[1:3] / sums[3]])
             seconds = par.all_reduce(torch.tensor([train_s, time.perf_counter() - t0],
                                               dtype=torch.float64, device=device), op="max").cpu()
             row: EpochRow = {
@@ -166,14 +169,30 @@ def train_loop(cfg: Config, panel: ProcessedPanel, shard: SampleShard, report: R
     return state
 
 
+def _make_optimizer(model: nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=tc.lr)
+    # Fused Adam: one kernel per step instead of a for-each chain; with the fp16 scaler it also skips an inf/NaN
+    # step on the device (GradScaler hands it found_inf) instead of syncing with the host.
+    if par.fused_optimizer(tc.fused_optimizer, device):
+        return torch.optim.Adam(model.parameters(), lr=tc.lr, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=tc.lr)
+
+
 def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp, tc: TrainConfig,
                  source: WindowSource, label: torch.Tensor, t_inst: torch.Tensor, t_day: torch.Tensor,
                  t_weight: torch.Tensor, take: torch.Tensor) -> torch.Tensor:
-    """One pass; returns per-rank sums of [loss, grad norm before clipping, clipped steps] (kept on the device
-    so no step waits for a host sync)."""
+    """One pass; returns per-rank sums of [loss, grad norm before clipping, clipped steps, applied steps] (kept on
+    the device so no step waits for a host sync).
+
+    The norm and the clipped count cover applied steps only: the fp16 scaler skips a step whose gradients hold
+    inf/NaN, and one such step would turn the epoch's mean norm into inf. A step counts as applied when its
+    norm is finite, which is the scaler's own test (any inf/NaN gradient makes the L2 norm inf/NaN) and needs
+    no host sync; in fp32/bf16 every step is applied, so the sums are the same numbers as before.
+    """
     ddp.train()
     params = [p for p in ddp.parameters() if p.requires_grad]
-    stats = torch.zeros(3, device=label.device)
+    stats = torch.zeros(4, device=label.device)
     for idx in take:
         inst, day = t_inst[idx], t_day[idx]
         with amp.autocast():
@@ -183,7 +202,9 @@ def _train_epoch(ddp: nn.Module, optimizer: torch.optim.Optimizer, amp: par.Amp,
         amp.backward(loss, optimizer)  # DDP all-reduces here; fp16 grads come back unscaled
         norm, clipped = clip_gradients(params, tc.clip, tc.clip_value)
         amp.step(optimizer)
-        stats += torch.stack([loss.detach(), norm.float(), clipped.float()])
+        applied = torch.isfinite(norm)
+        stats += torch.stack([loss.detach(), torch.where(applied, norm.float(), 0.0), (clipped & applied).float(),
+                              applied.float()])
     return stats
 
 

@@ -100,6 +100,14 @@ class Amp:
         self.scaler.update()
 
 
+def fused_optimizer(setting: str, device: torch.device) -> bool:
+    """Whether Adam takes its fused single-kernel step: on CUDA only (``auto``). The CPU keeps the for-each step,
+    so CPU runs stay bit for bit what they were; ``on`` there is refused rather than silently changing numerics."""
+    if setting == "on" and device.type != "cuda":
+        raise ValueError(f"train.fused_optimizer 'on' needs a CUDA device (this worker has {device}); use 'auto'")
+    return setting != "off" and device.type == "cuda"
+
+
 @contextlib.contextmanager
 def determinism(enabled: bool) -> Iterator[None]:
     """Deterministic kernels while the block runs (restored after: the setting is process-global)."""
