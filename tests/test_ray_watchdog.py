@@ -13,6 +13,7 @@ from distgru.training.ray_watchdog import start_time, tree
 
 DRIVER = textwrap.dedent("""
     import time
+    import ray  # imported first, as a user's script may: Ray's auth mode is cached from here on
     from distgru.config import ResourcesConfig
     from distgru.training.ray_train import ray_session
 
@@ -23,11 +24,14 @@ DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.ray
-def test_sigkill_of_the_driver_leaves_no_ray_process() -> None:
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
+def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path) -> None:
+    """Also: the local Ray starts quietly (no token-authentication notice) and with token auth on."""
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
-        assert driver.stdout is not None and driver.stdout.readline().strip() == "READY"
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "READY", err.read_text()[-2000:]
+        assert "Token authentication is" not in err.read_text()
         time.sleep(2)  # the agents start a moment after ray.init returns
         ray_procs = tree(driver.pid)
         names = {comm(pid) for pid in ray_procs}

@@ -356,7 +356,9 @@ class Config:
     name: str = "distgru"
     """Run name (prefix of the run directory)."""
     output_dir: str = "runs"
-    """Where run directories are created (a local path or a URI on shared storage)."""
+    """Where run directories are created: a local path, or for multi-node runs a POSIX path on storage that every
+    node mounts (NFS/EFS, a ReadWriteMany volume; e.g. ``/mnt/cluster_storage/runs``), since rank 0 and trials may
+    run on any node. Object-store URIs (``s3://``, ``gs://``) are not supported yet."""
     data: DataConfig = field(default_factory=DataConfig)
     """Bars: source, universe, date range."""
     features: FeatureConfig = field(default_factory=FeatureConfig)

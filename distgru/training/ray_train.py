@@ -14,6 +14,7 @@ epoch's checkpoint is the loop's full ``TrainState``; the last one is marked fin
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -37,8 +38,8 @@ from distgru.training.reweight import sample_weights
 from distgru.training.rundir import RunDir
 from distgru.training.state import EpochRow, TrainState
 
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
-"""Ray's token-authentication switch; distgru sets it to ``token`` (Ray's own default) for the local Ray it starts."""
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""Where Ray logs, on every local start, that it turned token authentication on (its default since 2.59)."""
 FAIL_ENV = "DISTGRU_FAIL_AT"
 """Test hook, ``rank:epoch``: that rank dies (``os._exit``) at that epoch's report, on the first attempt only (an
 epoch ≥ 2, so a checkpoint exists to resume from)."""
@@ -59,24 +60,24 @@ def ray_session(res: ResourcesConfig, verbose: bool = False) -> Iterator[None]:
         return
     address = res.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": verbose}
-    auth_default = False
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # With RAY_AUTH_MODE unset Ray turns token auth on for a new local cluster and warns about it on every
-        # start; saying "token" explicitly is the same setting without the warning (ray/_private/authentication).
-        # Authentication stays on; a user's own setting is left alone.
-        auth_default = AUTH_MODE_ENV not in os.environ
-        if auth_default:
-            os.environ[AUTH_MODE_ENV] = "token"
-        ray.init(num_cpus=max(os.cpu_count() or 1, 2) + 1, **kwargs)
+        # Authentication stays as Ray sets it (token auth on); only its start-up notice is dropped. Setting
+        # RAY_AUTH_MODE instead would also silence it, but a process that imported ray earlier keeps its cached
+        # "disabled" mode and then cannot talk to its own GCS.
+        notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(num_cpus=max(os.cpu_count() or 1, 2) + 1, **kwargs)
+        finally:
+            notice.setLevel(level)
         ray_watchdog.spawn(os.getpid())  # a killed driver must not leave this Ray's agents behind
     try:
         yield
     finally:
         ray.shutdown()
-        if auth_default:  # a later cluster attach in this process gets Ray's own default
-            os.environ.pop(AUTH_MODE_ENV, None)
 
 
 def run_training(cfg: Config, panel: ProcessedPanel, run_dir: str | Path, *, progress: bool = True,
