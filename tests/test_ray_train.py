@@ -138,6 +138,9 @@ def test_autoscaler_ceiling_from_the_bootstrap_config(tmp_path) -> None:
         check_resources(type(res)(num_workers=5, use_gpu=True), {"CPU": 4.0}, True, autoscaler_ceiling(path))
     with pytest.raises(ConfigError, match=r"need 200 CPUs; its autoscaler can reach at most 116"):
         check_resources(type(res)(num_workers=200), {"CPU": 4.0}, True, autoscaler_ceiling(path))
-    # The shipped AWS config leaves worker resources to instance-type detection: the ceiling is unknown.
-    assert autoscaler_ceiling(Path(__file__).parents[1] / "cluster" / "aws-gpu.yaml") is None
+    # A node type that leaves its resources to instance-type detection makes the ceiling unknown (the shipped
+    # cluster/aws-gpu.yaml declares them: tests/test_cluster.py).
+    config["available_node_types"]["gpu"]["resources"] = {}
+    path.write_text(yaml.safe_dump(config))
+    assert autoscaler_ceiling(path) is None
     assert autoscaler_ceiling(tmp_path / "missing.yaml") is None
