@@ -57,9 +57,14 @@ class EpochPrinter:
         else:
             horizon = (f"ETA ≤ {_duration((self.n_epochs - epoch) * per_epoch)} (early stop in "
                        f"{max(self.early_stop - int(row['patience']), 0)} without gain)")
-        return (f"epoch {epoch:>3}/{self.n_epochs}  train_loss {row['train_loss']:.4f}  "
-                f"valid_ic {row['valid_ic']:+.4f}  score {row['valid_score']:+.5f}  best {int(row['best_epoch'])}  "
-                f"{row['samples_per_s']:,.0f} samples/s  {row['epoch_s']:.1f}s/epoch  {horizon}" + retry)
+        return (f"{epoch_summary(row, self.n_epochs)}  {row['samples_per_s']:,.0f} samples/s  "
+                f"{row['epoch_s']:.1f}s/epoch  {horizon}" + retry)
+
+
+def epoch_summary(row: dict[str, Any], n_epochs: int) -> str:
+    """The head of every epoch line, a run's or a Tune trial's: epoch, train loss, valid IC and score, best."""
+    return (f"epoch {int(row['epoch']):>3}/{n_epochs}  train_loss {row['train_loss']:.4f}  "
+            f"valid_ic {row['valid_ic']:+.4f}  score {row['valid_score']:+.5f}  best {int(row['best_epoch'])}")
 
 
 def _duration(seconds: float) -> str:

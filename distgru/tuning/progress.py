@@ -6,6 +6,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from distgru.training.progress import epoch_summary
+
 
 class TrialEpochLines(Callback):
     """Prints each trial's epoch rows as Tune receives them (the driver's process, so no worker log noise)."""
@@ -18,8 +20,6 @@ class TrialEpochLines(Callback):
         if "epoch" not in result:
             return
         params = " ".join(f"{k.split('.')[-1]}={trial.config.get(k)}" for k in self.keys)
-        print(f"trial {trial.trial_id} {params}  epoch {int(result['epoch']):>3}/{self.n_epochs}  "
-              f"train_loss {result['train_loss']:.4f}  valid_ic {result['valid_ic']:+.4f}  "
-              f"score {result['valid_score']:+.5f}  best {int(result['best_epoch'])}  "
+        print(f"trial {trial.trial_id} {params}  {epoch_summary(result, self.n_epochs)}  "
               f"patience {int(result['patience'])}" + ("  (stopped early)" if result.get("stopped_early") else ""),
               flush=True)

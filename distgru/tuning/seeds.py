@@ -32,7 +32,9 @@ from distgru.evaluation.evaluate import TABLE_KEYS, evaluate_predictions, metric
 from distgru.training.lifecycle import lifecycle
 from distgru.training.rundir import CONFIG_FILE, RunDir, write_config, write_json
 from distgru.training.scoring import score_segment
-from distgru.tuning.space import base_dict, check_space, data_key, trial_config
+from distgru.tuning.records import trial_id
+from distgru.tuning.results import trial_configs
+from distgru.tuning.space import check_space, data_key
 from distgru.tuning.trial import trial_state
 
 SEEDS_CSV = "seeds.csv"
@@ -122,13 +124,13 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: R
     bars = load_bars(cfg.data)
     per_seed: dict[int, dict[str, float]] = {}
     errors: dict[int, str] = {}
-    base = base_dict(tcfg)
+    cfgs = trial_configs(tcfg, grid)
     for result in grid:
         seed = int(result.config[SEED_KEY])
         if result.error is not None:
             errors[seed] = str(result.error).strip().splitlines()[-1]
             continue
-        scfg = trial_config(base, result.config)
+        scfg = cfgs[trial_id(result)]
         panel, _ = data[data_key(scfg)]
         pred = score_segment(scfg, panel, trial_state(result.path, result.checkpoint).best_model, "test")
         seed_dir = RunDir(exp_dir / f"seed_{seed}")
