@@ -64,16 +64,20 @@ timed() {
   fi
 }
 
-# 3. The CUDA tests (bf16/fp16 recurrence dtypes).
+# 3. The CUDA tests: bf16/fp16 recurrence dtypes; with numba (distgru's loop imports the feature kernels) also
+#    graphed vs eager steps and streamed vs resident panel.
 if has pytest; then
-  timed "pytest -m gpu" 60 $py -m pytest -q -p no:cacheprovider -m gpu tests/test_precision.py
-  [ $rc -eq 0 ] && row "pytest -m gpu" "$(tail -n 1 "$log")"
+  gpu_tests=(tests/test_precision.py)
+  if has numba; then gpu_tests+=(tests/test_gpu_paths.py); fi
+  timed "pytest -m gpu" 120 $py -m pytest -q -p no:cacheprovider -m gpu "${gpu_tests[@]}"
+  [ $rc -eq 0 ] && row "pytest -m gpu" "$(tail -n 1 "$log") (${gpu_tests[*]})"
 else
   row "pytest -m gpu" "SKIPPED: pytest is not installed on this machine"
 fi
 
-# 4. A bare eager step against distgru's end-to-end loop, same model and batch (rows printed by the script).
-timed "step timing" 90 $py benchmarks/gpu_check.py step
+# 4. A bare eager step, distgru's eager and graphed steps and its end-to-end loop, same model and batch (rows
+#    printed by the script).
+timed "step timing" 120 $py benchmarks/gpu_check.py step
 [ $rc -eq 0 ] && tee -a "$table" < "$log"
 
 # 5-7 need Ray (distgru train/tune), the data, and qlib's GRU its own bundle.

@@ -2,7 +2,8 @@
 
 Runs ``distgru train`` (the real command: Ray Train, the same config as qlib's workflow YAML) once per seed on a
 protocol of the shared CSI300 data, and writes one JSON per seed, so an interrupted sweep resumes where it
-stopped. ``--table`` prints mean ± std of both sides (qlib's JSONs come from benchmarks/qlib_gru.py).
+stopped (a seed cut short continues with ``distgru train --resume``). ``--table`` prints mean ± std of both
+sides (qlib's JSONs come from benchmarks/qlib_gru.py).
 
     python benchmarks/gru_parity.py --protocol csi300-short --seeds 0 1 2 --out /work/bench_out/distgru_gru
     python benchmarks/gru_parity.py --protocol csi300-short --model lstm --seeds 0 --out /work/bench_out/distgru_gru
@@ -47,9 +48,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
     if (out / f"{tag}.json").exists():
         print(f"{tag}: exists, skipped")
         return
-    cmd = [sys.executable, "-m", "distgru.cli", "train", str(REPO / "configs" / CONFIGS[args.model]),
-           "--output", str(out / "runs"), "--num-workers", str(args.num_workers), "--set",
-           *overrides(args.protocol, seed, args.metric, Path(args.provider)), f"name={tag}"]
+    unfinished = [d for d in (out / "runs").glob(f"{tag}-*") if not (d / "result.json").exists()]
+    if unfinished:  # a seed cut short (a stopped session) continues from its last checkpoint
+        cmd = [sys.executable, "-m", "distgru", "train", "--resume", str(max(unfinished, key=lambda d: d.name))]
+    else:
+        cmd = [sys.executable, "-m", "distgru", "train", str(REPO / "configs" / CONFIGS[args.model]),
+               "--output", str(out / "runs"), "--num-workers", str(args.num_workers), "--set",
+               *overrides(args.protocol, seed, args.metric, Path(args.provider)), f"name={tag}"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=REPO)
     run_dir = max((out / "runs").glob(f"{tag}-*"), key=lambda p: p.stat().st_mtime)

@@ -15,6 +15,8 @@ import importlib
 import logging
 import sys
 
+from distgru.version import describe
+
 COMMANDS = {
     "features": "write raw Alpha158/Alpha360 features + label to Parquet",
     "train": "train a model (Ray Train, 1..N workers) and evaluate it on the test segment",
@@ -24,10 +26,23 @@ COMMANDS = {
 }
 
 
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked (it hashes the source and asks git)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(describe())
+        parser.exit()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distgru", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_Version,
+                        help="the version and source digest (result.json's provenance.source_sha256)")
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else argv
     # Only the chosen command's module is imported: train/tune pull in torch and Ray, which take seconds.

@@ -185,3 +185,17 @@ def test_spot_workers_come_with_max_failures() -> None:
         if argv[3] in ("train", "tune") and "--resume" not in argv:
             failures = [int(a.split("=", 1)[1]) for a in argv if a.startswith("resources.max_failures=")]
             assert failures and failures[0] >= 1, (where, cmd)
+
+
+def test_every_job_submission_is_the_one_the_cluster_tests_run() -> None:
+    from tests.test_cluster_live import readme_entrypoint
+
+    tested = readme_entrypoint()  # what tests/test_cluster_live.py submits, up to `python -m distgru train`
+    options = tested[2:tested.index("python")]
+    found = 0
+    for path in (CLUSTER / "README.md", ROOT / "README.md"):
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        for opts in re.findall(r"ray job submit ([^\n`]*?)python -m distgru", text):
+            assert [a for a in shlex.split(opts) if a != "--no-wait"] == options, (path.name, opts)
+            found += 1
+    assert found >= 4

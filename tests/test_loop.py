@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,11 +12,12 @@ import torch
 from distgru.config.schema import Config, DatasetConfig, FeatureConfig, ModelConfig, ReweighterConfig, TrainConfig
 from distgru.processing.panel import ProcessedPanel
 from distgru.training import loop as loop_module
-from distgru.training.loop import SampleShard, clip_gradients, make_shard, train_loop
+from distgru.training.loop import SampleShard, make_shard, train_loop
 from distgru.training.losses import batch_loss, qlib_mse, valid_metrics
 from distgru.training.reweight import sample_weights
 from distgru.training.scoring import predict
-from distgru.training.state import EarlyStopping, StateFormatError, TrainState
+from distgru.training.state import TIMINGS, EarlyStopping, StateFormatError, TrainState
+from distgru.training.steps import clip_gradients
 from distgru.training.windows import sample_index
 
 
@@ -44,10 +47,11 @@ def tiny_config(**train: object) -> Config:
                   train=TrainConfig(**{**defaults, **train}))
 
 
-def run(cfg: Config, panel: ProcessedPanel, **kwargs: object) -> tuple[TrainState, list]:
+def run(cfg: Config, panel: ProcessedPanel, device: str | torch.device = "cpu",
+        **kwargs: object) -> tuple[TrainState, list]:
     reports: list = []
     result = train_loop(cfg, panel, make_shard(cfg, panel), lambda m, s: reports.append((m, s)),
-                        device=torch.device("cpu"), **kwargs)
+                        device=torch.device(device), **kwargs)
     return result, reports
 
 
@@ -100,6 +104,31 @@ def test_clip_by_norm() -> None:
     assert not clipped.item()
 
 
+def test_an_unmeasured_step_clips_by_value_without_a_norm() -> None:
+    params = grads([5.0, -1.0], [0.5, -4.0])
+    assert clip_gradients(params, "value", 3.0, measure=False) is None
+    assert params[0].grad.tolist() == [3.0, -1.0] and params[1].grad.tolist() == [0.5, -3.0]
+    assert clip_gradients(grads([30.0]), "none", 1.0, measure=False) is None
+    params = grads([3.0], [4.0])  # clipping by norm needs the norm, so it measures anyway
+    norm, clipped = clip_gradients(params, "norm", 1.0, measure=False)
+    assert norm.item() == pytest.approx(5.0) and clipped.item() and params[0].grad.item() == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("kind", ["mse", "huber"])
+def test_the_loss_without_the_nan_mask_is_the_same_bits(kind: str) -> None:
+    """``finite=True`` (training labels are checked once) must not change a bit of the loss or its gradient."""
+    g = torch.Generator().manual_seed(0)
+    label, weight = 2 * torch.randn(257, generator=g), torch.rand(257, generator=g) * 3
+    base = torch.randn(257, generator=g)
+    results = []
+    for finite in (False, True):
+        pred = base.clone().requires_grad_()
+        loss = batch_loss(pred, label, weight, kind, finite=finite)
+        loss.backward()
+        results.append((loss.detach(), pred.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 def test_early_stopping_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     scores = iter([0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9])  # a tie is not an improvement (strict >, as qlib)
     monkeypatch.setattr(loop_module, "_valid_metrics", lambda rows, panel: dict.fromkeys(("loss", "ic", "rank_ic"),
@@ -136,12 +165,46 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
     assert resumed_reports[0][0]["epoch"] == 4
     assert (resumed.best_epoch, resumed.best_score, resumed.epoch, resumed.stopped_early) == \
            (full.best_epoch, full.best_score, full.epoch, full.stopped_early)
-    drop = {"samples_per_s", "epoch_s"}
-    assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == \
-           [{k: v for k, v in h.items() if k not in drop} for h in full.history]
+    assert untimed(resumed.history) == untimed(full.history)
     for key, value in full.best_model.items():
         assert torch.equal(value, resumed.best_model[key]), key
     assert full.history[-1]["valid_ic"] > 0.3  # the tiny market is learnable
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k not in TIMINGS} for h in history]
+
+
+def test_checkpoint_cadence_and_a_resume_that_replays_epochs(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The negated IC gets worse as the model learns: epoch 1 stays the best, so checkpoints fall on the cadence.
+    real = loop_module._valid_metrics
+    monkeypatch.setattr(loop_module, "_valid_metrics",
+                        lambda rows, panel: {k: -v for k, v in real(rows, panel).items()})
+    cfg, panel = tiny_config(n_epochs=7, early_stop=10, deterministic=True, checkpoint_every=3), tiny_panel()
+    full, reports = run(cfg, panel)
+    assert full.best_epoch == 1 and full.epoch == 7
+    # Every 3rd epoch, the best epoch (1) and the last (7); None is "no checkpoint" to the reporter.
+    assert [m["epoch"] for m, s in reports if s is not None] == [1, 3, 6, 7]
+    assert all(s.epoch == m["epoch"] for m, s in reports if s is not None) and reports[-1][1].finished
+    # A worker lost during epoch 6 resumes from epoch 3's checkpoint and replays epochs 4 and 5.
+    reports[2][1].save(tmp_path)
+    resumed, resumed_reports = run(cfg, panel, resume=TrainState.load(tmp_path))
+    assert [m["epoch"] for m, _ in resumed_reports] == [4, 5, 6, 7]
+    assert untimed(resumed.history) == untimed(full.history) and resumed.epoch == full.epoch
+    for key, value in full.model.items():
+        assert torch.equal(value, resumed.model[key]), key
+    assert all(torch.equal(v, resumed.best_model[k]) for k, v in full.best_model.items())
+
+
+def test_the_first_row_of_each_worker_start_carries_its_start_up(tmp_path) -> None:
+    cfg, panel = tiny_config(n_epochs=3, early_stop=5), tiny_panel(n_inst=12, n_days=60)
+    full, reports = run(cfg, panel, started=time.perf_counter() - 100.0)  # the worker started 100 s ago
+    first, later = full.history[0], full.history[1:]
+    assert first["startup_s"] >= 100.0 and 0.0 < first["warmup_s"] <= first["epoch_s"]
+    assert not any({"startup_s", "warmup_s"} & row.keys() for row in later)
+    resumed, _ = run(cfg, panel, resume=reports[0][1])
+    assert "startup_s" in resumed.history[1] and "startup_s" not in resumed.history[2]
+    assert resumed.history[1]["startup_s"] < 100.0
 
 
 def test_report_state_and_predict() -> None:
@@ -222,9 +285,7 @@ def test_streamed_panel_trains_and_predicts_exactly_as_a_resident_one(caplog) ->
             results[mode], _ = run(cfg, panel)
     assert any("streamed from host memory" in r.getMessage() for r in caplog.records)
     assert any("resident on cpu" in r.getMessage() for r in caplog.records)
-    drop = {"samples_per_s", "epoch_s"}
-    assert [{k: v for k, v in h.items() if k not in drop} for h in results["never"].history] == \
-           [{k: v for k, v in h.items() if k not in drop} for h in results["always"].history]
+    assert untimed(results["never"].history) == untimed(results["always"].history)
     model = loop_module.build_model(tiny_config().model, 5)
     inst, day = sample_index(panel, "test", "infer")
     np.testing.assert_array_equal(predict(model, panel, inst, day, 5, 64, "cpu", "never"),

@@ -108,6 +108,7 @@ ASHA_TUNE = {"space": {"train.lr": {"grid": [1e-2, 3e-3, 1e-8, 1e-9]}}, "metric"
              "max_concurrent_trials": 2, "resources": {"cpu": 1},
              "scheduler": {"kind": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 2}}
 _RUNS: dict[str, tuple[Path, dict]] = {}
+_GRIDS: dict[str, tuple[Any, Any]] = {}
 
 
 def _asha_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
@@ -118,6 +119,7 @@ def _asha_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         exp_dir.mkdir()
         t0 = time.perf_counter()
         grid = run_experiment(cfg, _data(cfg), exp_dir, verbose=0)
+        _GRIDS["asha"] = cfg, grid
         _RUNS["asha"] = exp_dir, finish_experiment(cfg, grid, _data(cfg), exp_dir, t0=t0)
     return _RUNS["asha"]
 
@@ -143,6 +145,38 @@ def test_asha_in_process_trials(ray_runtime, tmp_path_factory) -> None:  # noqa:
     assert preds["datetime"].min() == tiny_panel().calendar[lo] and len(preds) > 100
     saved = json.loads((exp_dir / SUMMARY_FILE).read_text())
     assert saved["best_trial"] == summary["best_trial"] and saved["test"]["IC"] > 0.1  # planted IC ≈ 0.45
+
+
+@pytest.mark.ray
+def test_search_with_test_scoring_off_never_scores_the_test_segment(ray_runtime, tmp_path_factory,  # noqa: F811
+                                                                     monkeypatch) -> None:
+    import distgru.tuning.results as results
+
+    _, scored_summary = _asha_run(tmp_path_factory)
+    cfg, grid = _GRIDS["asha"]
+    blind = config_from_dict({**to_dict(cfg), "tune": {**to_dict(cfg)["tune"], "score_test": False}}, need_tune=True)
+    segments: list[str] = []
+    real = results.score_segment
+    monkeypatch.setattr(results, "score_segment", lambda c, p, m, seg: segments.append(seg) or real(c, p, m, seg))
+    out = tmp_path_factory.mktemp("blind")
+    summary = finish_experiment(blind, grid, _data(cfg), out, t0=time.perf_counter())
+    assert segments and set(segments) == {"valid"}  # the test segment is never scored
+    assert summary["test"] is None and summary["score_test"] is False
+    assert summary["best_trial"] == scored_summary["best_trial"]  # chosen on valid alone, as before
+    assert "test_ic" not in pd.read_csv(out / RESULTS_CSV).columns
+    assert not (out / PREDICTIONS_FILE).exists()
+    assert "was not scored" in (out / REPORT_FILE).read_text()
+
+
+def test_no_test_flag_turns_test_scoring_off() -> None:
+    import argparse
+
+    from distgru.commands import tune as tune_command
+
+    parser = argparse.ArgumentParser()
+    tune_command.add_arguments(parser)
+    assert "tune.score_test=false" in tune_command._overrides(parser.parse_args(["cfg.yaml", "--no-test"]))
+    assert not any("score_test" in o for o in tune_command._overrides(parser.parse_args(["cfg.yaml"])))
 
 
 @pytest.mark.ray

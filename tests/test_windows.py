@@ -1,16 +1,21 @@
-"""Windows and sample lists against qlib's TSDataSampler rule (§4.2), written out literally per sample."""
+"""Windows and sample lists against qlib's TSDataSampler rule (§4.2), written out literally per sample; the one-gather
+cut against the two-index gather it replaced; streamed windows against resident ones."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from distgru.processing.panel import ProcessedPanel
-from distgru.training.windows import WindowIndex, available, sample_index
+from distgru.training.streamed import prefetch
+from distgru.training.windows import WindowIndex, WindowSource, available, cut, sample_index
 
 
 def reference_window(avail: np.ndarray, inst: int, day: int, step_len: int) -> list[int]:
@@ -98,3 +103,53 @@ def test_windows_match_literal_rule(avail: np.ndarray, step_len: int) -> None:
     got = windows.source_days(torch.from_numpy(inst), torch.from_numpy(day)).tolist()
     expected = [reference_window(avail, i, d, step_len) for i, d in zip(inst.tolist(), day.tolist(), strict=True)]
     assert got == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(avail=arrays(bool, st.tuples(st.integers(1, 4), st.integers(1, 25)), elements=st.booleans()),
+       step_len=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_one_gather_cuts_the_same_bits_as_the_two_index_gather(avail: np.ndarray, step_len: int, seed: int) -> None:
+    inst, day = (torch.from_numpy(a) for a in np.nonzero(avail))
+    if inst.numel() == 0:
+        return
+    features = torch.from_numpy(np.random.default_rng(seed).standard_normal((*avail.shape, 3)).astype(np.float32))
+    index = WindowIndex.build(avail, step_len)
+    rows = index.rows(inst, day)
+    assert rows.dtype == torch.int32
+    two_index = features[inst[:, None], index.source_days(inst, day)]  # the gather before rows existed
+    assert torch.equal(cut(features.reshape(-1, 3), rows), two_index)
+    assert torch.equal(cut(features.reshape(-1, 3), rows[None])[0], two_index)  # any leading shape
+
+
+def test_streamed_windows_are_the_resident_ones_in_order() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((5, 40, 3)).astype(np.float32)
+    avail = rng.random((5, 40)) < 0.8
+    inst, day = (torch.from_numpy(a) for a in np.nonzero(avail))
+    got = {}
+    for mode in ("always", "never"):
+        source = WindowSource.place(features, avail, 6, "cpu", mode)
+        assert source.streamed == (mode == "never") and source.features.shape == (200, 3)
+        got[mode] = list(source.windows(source.rows(inst, day).split(7)))
+    assert len(got["never"]) == len(got["always"]) == -(-len(inst) // 7)
+    for streamed, resident in zip(got["never"], got["always"], strict=True):
+        assert torch.equal(streamed, resident)
+
+
+def test_prefetch_raises_where_the_thread_failed_and_stops_when_left() -> None:
+    def produce(i: int) -> torch.Tensor:
+        if i == 3:
+            raise KeyError("item 3")
+        return torch.tensor([i])
+
+    seen = []
+    with pytest.raises(KeyError, match="item 3"):
+        for x in prefetch(produce, range(10), torch.device("cpu")):
+            seen.append(int(x))
+    assert seen == [0, 1, 2]
+    produced = []
+    items = prefetch(lambda i: produced.append(i) or torch.tensor([i]), range(1000), torch.device("cpu"))
+    assert int(next(items)) == 0
+    items.close()  # the thread stops instead of producing the other 999 items
+    assert len(produced) < 10
+    assert not any(t.name == "distgru-prefetch" for t in threading.enumerate())

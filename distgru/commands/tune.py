@@ -35,6 +35,8 @@ from distgru.training.rundir import CONFIG_FILE, RunDir
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "training config with a tune: section (not with --resume)")
     parser.add_argument("--num-samples", type=int, help="trials to sample (tune.num_samples)")
+    parser.add_argument("--no-test", action="store_true", help="never score the test segment (tune.score_test: "
+                        "false): a search whose choice must not see it")
     parser.add_argument("--resume", metavar="DIR", help="continue the experiment in DIR: finished trials are "
                         "kept, unfinished ones resume from their last checkpoint, errored ones restart")
 
@@ -43,6 +45,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     out = config_overrides(args)
     if args.num_samples is not None:
         out.append(f"tune.num_samples={args.num_samples}")
+    if args.no_test:
+        out.append("tune.score_test=false")
     return out
 
 
@@ -80,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
     table = pd.read_parquet(exp_dir / RESULTS_PARQUET).drop(columns=["trial_dir"])
     print(format_table(table, floatfmt=".4g"))
     metric = summary["metric"]
+    test = summary["test"]
+    scored = (f"test IC {test.get('IC', float('nan')):+.4f}, RankIC {test.get('RankIC', float('nan')):+.4f}"
+              if test is not None else "test segment not scored")
     print(f"best trial {summary['best_trial']}: valid {metric} {summary[f'best_{metric}']:+.4f} at epoch "
-          f"{summary['best_epoch']}; test IC {summary['test'].get('IC', float('nan')):+.4f}, "
-          f"RankIC {summary['test'].get('RankIC', float('nan')):+.4f}; {time.perf_counter() - t0:.0f} s")
+          f"{summary['best_epoch']}; {scored}; {time.perf_counter() - t0:.0f} s")
     print(f"experiment directory: {exp_dir}  (report.html; tensorboard --logdir {exp_dir})")
     return 0

@@ -252,6 +252,18 @@ class TrainConfig:
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     """Adam's fused single-kernel step: ``auto`` uses it on CUDA only (``on`` on a CPU device is an error; the CPU
     path keeps the reference for-each step, bit for bit). SGD is never fused."""
+    step: Literal["auto", "graph", "eager"] = "auto"
+    """How a training step runs. ``graph``: the whole step (window gather, forward, loss, backward, clipping,
+    optimizer) is captured once as a CUDA graph and replayed, one launch per step instead of hundreds; it needs a
+    CUDA device, one worker (DDP's all-reduce inside a graph needs process-group settings Ray Train does not
+    make), fp32 or bf16, and the panel resident on the device (``resources.panel_on_device``); a failed capture
+    warns once and the run goes on eagerly. ``eager``: kernels launched one by one from Python. ``auto``:
+    ``graph`` where it can run, else ``eager`` (always on CPU)."""
+    checkpoint_every: int = 1
+    """Epochs between checkpoints (the full training state, written by Ray Train after the epoch); the best epoch
+    and the last one always get one. A restarted worker group replays the epochs after its last checkpoint (with
+    ``deterministic``, to the same metrics). A Tune trial reports the epochs between without a checkpoint; under
+    PBT keep 1 (an exploit clones the donor's latest checkpoint)."""
     seed: int = 0
     """Seed for model init, shuffling and dropout."""
     deterministic: bool = False
@@ -260,7 +272,7 @@ class TrainConfig:
     """Per-sample loss weights."""
 
     def __post_init__(self) -> None:
-        for key in ("n_epochs", "batch_size", "early_stop"):
+        for key in ("n_epochs", "batch_size", "early_stop", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}: {getattr(self, key)} must be >= 1")
         check_positive("train.lr", self.lr)
@@ -280,7 +292,13 @@ class ResourcesConfig:
     address: str | None = None
     """Ray cluster address; null starts Ray locally unless RAY_ADDRESS is set."""
     max_failures: int = 0
-    """Worker failures Ray Train recovers from by restarting from the last checkpoint."""
+    """Worker failures (a crashed worker, a lost or reclaimed spot node) Ray Train recovers from by restarting the
+    worker group from the last checkpoint on the nodes left; Tune restarts a failed trial as often. 0: the first
+    failure ends the run (continue it with ``--resume``)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the workers on nodes. PACK: as few nodes as possible (the fastest all-reduce); SPREAD: on
+    different nodes where it can (a lost node takes fewer ranks with it), packed where it cannot, so a group can
+    restart on the nodes left; STRICT_SPREAD: one node per worker or the group does not start."""
     panel_on_device: Literal["auto", "always", "never"] = "auto"
     """Where a worker keeps the feature panel its windows are cut from. ``always``: on its device, copied once
     (no per-epoch host→device traffic); ``never``: in host memory (pinned on CUDA), each batch's windows gathered

@@ -173,6 +173,11 @@ class TuneConfig:
     """Resources per trial."""
     seed: int | None = None
     """Seed of the search algorithm's sampling (null: random). Each trial's training seed is train.seed."""
+    score_test: bool = True
+    """Score the test segment once the search ends: every trial's test IC / Rank IC in results.csv, the best
+    trial's test predictions and metrics. false (``distgru tune --no-test``): the test segment is never scored,
+    for a search whose choice must not see it; train the chosen config (best_config.yaml) with ``distgru train``
+    to score it once."""
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

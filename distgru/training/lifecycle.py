@@ -6,6 +6,8 @@
 - The first Ctrl-C stops the run: its state on disk is what the last completed epoch (or trial checkpoint) left,
   status.json says ``interrupted``, and the terminal says where the state is and the distgru command that
   resumes it. A second Ctrl-C exits at once.
+- A worker group Ray Train gave up on (``WorkerGroupFailed``: more failures than ``resources.max_failures``)
+  is said in one line naming that setting.
 - Any other error marks the run ``failed`` with the same pointers; an error of the Ray runtime itself (a node or
   the raylet gone) is said in one line instead of a traceback.
 - Nothing downstream (scoring, backtest, tables, best config) runs after either: ``RunStopped`` ends the command
@@ -40,6 +42,10 @@ class RunInterrupted(Exception):
     """Training ended without finishing (a stop request reached it, or a scheduler's trials were paused)."""
 
 
+class WorkerGroupFailed(RuntimeError):
+    """Ray Train gave the worker group up: it failed more often than ``resources.max_failures`` allows."""
+
+
 def _stop(kind: str, message: str, exit_code: int) -> RunStopped:
     # Said here, at once: leaving ray_session next may not return (Ray ends a driver whose raylet is gone).
     print(f"distgru {kind}: {message}", file=sys.stderr, flush=True)
@@ -71,6 +77,8 @@ def lifecycle(run: RunDir, kind: str, **info: Any) -> Iterator[None]:
     except Exception as e:
         message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
         run.write_status("failed", kind=kind, resume=resume, message=message, **info)
+        if isinstance(e, WorkerGroupFailed):  # its message names the cause and resources.max_failures
+            raise _stop(kind, f"failed: {e}; {where(run, kind)}; resume with: {resume}", 1) from None
         if _is_ray_runtime_error(e):
             raise _stop(kind, f"the Ray runtime stopped under the run ({message}); {where(run, kind)}; once Ray is "
                               f"back, resume with: {resume}", 1) from None

@@ -22,17 +22,23 @@ from distgru.metrics import daily_ic
 LossKind = Literal["mse", "huber"]
 
 
-def batch_loss(pred: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, kind: LossKind = "mse") -> torch.Tensor:
+def batch_loss(pred: torch.Tensor, label: torch.Tensor, weight: torch.Tensor, kind: LossKind = "mse", *,
+               finite: bool = False) -> torch.Tensor:
     """Σ w·ℓ(err) over the finite labels / len(pred) (NaN labels contribute 0 but still count in the divisor).
 
     Under DDP every rank holds ``len(pred)`` = global batch / world samples, and DDP averages gradients, so the
     gradient is that of Σ_global w·ℓ / global batch: qlib's loss on the whole batch, whatever each rank's Σw.
     (Training samples never have NaN labels, so qlib's divisor, the count of finite labels, is the same.)
+
+    ``finite``: the caller guarantees every label is finite (the training loop checks its samples once), and the
+    mask, a multiplication by ones, is skipped: the same loss and gradient bits with fewer kernels.
     """
-    mask = torch.isfinite(label)
-    target = torch.where(mask, label, pred.detach())  # a finite stand-in keeps NaN out of the graph
-    terms = (pred - target) ** 2 if kind == "mse" else F.huber_loss(pred, target, reduction="none", delta=1.0)
-    return (weight * terms * mask).sum() / pred.shape[0]
+    if not finite:
+        mask = torch.isfinite(label)
+        label = torch.where(mask, label, pred.detach())  # a finite stand-in keeps NaN out of the graph
+        weight = weight * mask
+    terms = (pred - label) ** 2 if kind == "mse" else F.huber_loss(pred, label, reduction="none", delta=1.0)
+    return (weight * terms).sum() / pred.shape[0]
 
 
 def qlib_mse(pred: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,12 +1,15 @@
-"""Checks that run before any worker starts: the data against the config, then the cluster's resources."""
+"""Checks that run before any worker starts: the data against the config, then the cluster's resources and storage."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from distgru.config import Config, ConfigError
 from distgru.processing.checks import check_panel
 from distgru.processing.panel import ProcessedPanel
 from distgru.training.capacity import autoscaler_ceiling, autoscaling, check_resources
 from distgru.training.scoring import Samples, segment_samples
+from distgru.training.storage import check_shared_storage
 
 
 def check_data(cfg: Config, panel: ProcessedPanel) -> list[str]:
@@ -37,11 +40,14 @@ def check_samples(cfg: Config, panel: ProcessedPanel) -> Samples:
     return samples
 
 
-def preflight(cfg: Config, panel: ProcessedPanel) -> Samples:
-    """The checks a run repeats just before its workers start: its samples, then the cluster's resources."""
+def preflight(cfg: Config, panel: ProcessedPanel, storage: str | Path | None = None) -> Samples:
+    """The checks a run repeats just before its workers start: its samples, the cluster's resources and, given the
+    run's ``storage`` root (once per command: it starts a task on every node), that every node shares it."""
     import ray
 
     samples = check_samples(cfg, panel)
     scaling = autoscaling()
     check_resources(cfg.resources, ray.cluster_resources(), scaling, autoscaler_ceiling() if scaling else None)
+    if storage is not None:
+        check_shared_storage(storage, scaling)
     return samples

@@ -19,6 +19,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ import torch
 from distgru.config import Config, ResourcesConfig, config_from_dict, to_dict
 from distgru.processing.panel import ProcessedPanel
 from distgru.training import ray_watchdog
+from distgru.training.lifecycle import WorkerGroupFailed
 from distgru.training.loop import SampleShard, train_loop
 from distgru.training.preflight import preflight
 from distgru.training.progress import EpochPrinter
@@ -119,7 +121,8 @@ def run_training(cfg: Config, panel: ProcessedPanel, run_dir: str | Path, *, pro
     trainer = TorchTrainer(
         _train_worker, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=res.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=res.placement_strategy),
         run_config=ray.train.RunConfig(
             name=run_dir.name, storage_path=str(run_dir.parent), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
@@ -131,9 +134,27 @@ def run_training(cfg: Config, panel: ProcessedPanel, run_dir: str | Path, *, pro
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"], enable_shard_locality=False),
     )
     with EpochPrinter(RunDir(run_dir).metrics, cfg.train.n_epochs, cfg.train.early_stop, progress):
-        result = _fit(trainer)
+        try:
+            result = _fit(trainer)
+        except ray.train.WorkerGroupError as e:
+            raise WorkerGroupFailed(failure_message(e, res.max_failures)) from e
     with result.checkpoint.as_directory() as d:
         return TrainState.load(d)
+
+
+def failure_message(error: BaseException, max_failures: int) -> str:
+    """What failed and the setting that decides whether Ray Train restarts the group."""
+    causes = getattr(error, "worker_failures", {}) or {}
+    first = next(iter(causes.values()), error)
+    cause = f"{type(first).__name__}: {first}".strip().splitlines()[0][:300]
+    ranks = f"rank(s) {', '.join(str(r) for r in sorted(causes))}" if causes else "the worker group"
+    if max_failures == 0:
+        return (f"{ranks} failed ({cause}) and resources.max_failures is 0, so Ray Train did not restart the "
+                "group; where nodes can go away (spot or preemptible capacity) set resources.max_failures, e.g. "
+                "--set resources.max_failures=3, and a lost node's group restarts from the last checkpoint on "
+                "the nodes left")
+    return (f"{ranks} failed ({cause}) after {max_failures} restart(s), the most resources.max_failures "
+            f"({max_failures}) allows; raise it if failures are expected (spot capacity)")
 
 
 def _fit(trainer: Any) -> Any:
@@ -165,9 +186,11 @@ def _read_rows(iterator: Any) -> dict[str, np.ndarray]:
 
 
 def _gather_devices(device: torch.device) -> list[str]:
+    import ray
     import torch.distributed as dist
 
-    mine = f"{device}@{socket.gethostname()}"
+    # The node's IP as well: two Ray nodes may share a host name (containers, a simulated cluster).
+    mine = f"{device}@{socket.gethostname()}/{ray.util.get_node_ip_address()}"
     if not (dist.is_available() and dist.is_initialized()):
         return [mine]
     out: list[Any] = [None] * dist.get_world_size()
@@ -206,6 +229,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    started = time.perf_counter()  # start-up counts reading the panel and the shard
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -230,4 +254,4 @@ def _train_worker(config: dict[str, Any]) -> None:
         # The panel arrays are read-only views of the object store; the loop copies them to the device and
         # never writes them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        train_loop(cfg, panel, shard, reporter, resume=resume, device=device)
+        train_loop(cfg, panel, shard, reporter, resume=resume, device=device, started=started)

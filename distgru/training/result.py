@@ -7,7 +7,6 @@ import importlib.metadata
 import os
 import platform
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from distgru.config import Config
 from distgru.processing.panel import ProcessedPanel
+from distgru.version import git, source_digest
 
 SCHEMA_VERSION = 2
 """1: 0-based ``best_epoch``; 2: epochs counted from 1."""
@@ -30,6 +30,9 @@ class Provenance:
     """HEAD of the repository distgru was imported from; None outside a git checkout."""
     git_dirty: bool | None
     """Uncommitted changes in that checkout."""
+    source_sha256: str | None = None
+    """``distgru.version.source_digest()``: the code's identity where there is no checkout (a job's uploaded
+    working directory); ``python -m distgru --version`` prints it for a checkout. None in results older than it."""
     packages: dict[str, str]
     """Versions of python, distgru, torch, ray, numpy, pandas, pyarrow."""
     data_fingerprint: str
@@ -45,7 +48,8 @@ class Provenance:
     num_workers: int
     use_gpu: bool
     devices: list[str]
-    """``device@host`` of each training worker, by rank (``cpu@node1``, ``cuda:0@node2``...)."""
+    """``device@host/node-ip`` of each training worker, by rank (``cpu@node1/10.0.0.5``, ``cuda:0@node2/10.0.0.6``,
+    ...)."""
     command: str
     """The command line that produced the run."""
 
@@ -106,15 +110,6 @@ def panel_fingerprint(panel: ProcessedPanel) -> str:
     return h.hexdigest()[:20]
 
 
-def _git(*args: str) -> str | None:
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -141,15 +136,15 @@ def _data_source(cfg: Config) -> str:
 
 
 def collect_provenance(cfg: Config, panel: ProcessedPanel, devices: list[str]) -> Provenance:
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain") if commit else None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if commit else None
     try:
         import torch
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # CUDA driver trouble on the driver host is not worth failing a result over
         gpus = []
     return Provenance(
-        git_commit=commit, git_dirty=None if status is None else bool(status),
+        git_commit=commit, git_dirty=None if status is None else bool(status), source_sha256=source_digest(),
         packages={"python": platform.python_version(), **{m: _version(m) for m in
                   ("distgru", "torch", "ray", "numpy", "pandas", "pyarrow")}},
         data_fingerprint=panel_fingerprint(panel), data_source=_data_source(cfg),

@@ -24,7 +24,8 @@ def train(cfg: Config, *, run: RunDir | None = None, verbose: bool = False) -> t
     panel, processor_state = prepare_panel(cfg)
     log_warnings(check_data(cfg, panel))  # fail on the data before Ray starts
     with ray_session(cfg.resources, verbose=verbose):
-        preflight(cfg, panel)  # and on resources before a run directory exists
+        # and on resources and storage before a run directory exists
+        preflight(cfg, panel, storage=cfg.output_dir if run is None else run.path.parent)
         if run is None:
             run = RunDir.create(cfg, started)
             print(f"run directory: {run}", flush=True)

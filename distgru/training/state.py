@@ -26,7 +26,14 @@ STATE_FILE = "state.pt"
 
 EpochRow = dict[str, Any]
 """One epoch's metrics as reported and written to metrics.jsonl (``epoch`` 1-based, ``patience``,
-``stopped_early``, losses and valid metrics, throughput)."""
+``stopped_early``, losses and valid metrics, throughput). ``grad_norm`` and ``clip_frac`` are means over the steps
+that measured their gradient (training/steps.py ``GRAD_STATS_EVERY``). The first row of each worker start (a
+fresh run's epoch 1, a resumed run's first epoch) adds the start-up, so fit time can be told apart from it:
+``startup_s``, seconds from the worker's start to its first step (model, panel placement, window tables), and
+``warmup_s``, the part of that epoch's ``epoch_s`` the first steps took (eager: the first step; graph: the
+warm-up steps and the capture)."""
+TIMINGS = ("samples_per_s", "epoch_s", "startup_s", "warmup_s")
+"""The wall-clock fields of a row: the rest is the same bit for bit when a deterministic run is repeated."""
 
 
 class StateFormatError(ValueError):
@@ -91,7 +98,7 @@ class TrainState:
     finished: bool = False
     """True in the last checkpoint of a run that ended (by early stop or epoch limit)."""
     devices: list[str] = field(default_factory=list)
-    """``device@host`` of each worker, by rank (set when finished)."""
+    """``device@host/node-ip`` of each worker, by rank (set when finished)."""
 
     def stopping(self, limit: int, n_epochs: int) -> EarlyStopping:
         return EarlyStopping(limit, n_epochs, self.best_score, self.best_epoch, self.patience)

@@ -14,11 +14,14 @@ row (in DK_L: only the last days of the data, whose labels are unknown) are ther
 ``panel.calendar`` here. Windows only look back, so no sample's window differs.
 
 Both lookup tables are ``[N, D]``: ``last_le[n, d]`` is the last available day ≤ d (−1 if none) and
-``first_ge[n, d]`` the first available day ≥ d (D if none). A batch of windows is then one gather.
+``first_ge[n, d]`` the first available day ≥ d (D if none). They give each sample's window as ``T`` rows of the
+panel seen as one ``[N*D, F]`` table (``WindowIndex.rows``); the trainer looks the rows up once per sample, so a
+batch of windows is then a single ``index_select`` (``cut``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 from distgru.processing.panel import ProcessedPanel
+from distgru.training.streamed import prefetch
 
 DataKey = Literal["learn", "infer"]
 
@@ -50,6 +54,19 @@ def _lookup_tables(avail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last_le = np.maximum.accumulate(np.where(avail, days, -1), axis=1)
     first_ge = np.minimum.accumulate(np.where(avail, days, n_days)[:, ::-1], axis=1)[:, ::-1]
     return last_le, first_ge.copy()  # a copy: torch rejects the reversed view's negative strides
+
+
+def row_dtype(n_rows: int) -> torch.dtype:
+    """Index dtype for a flat panel of ``n_rows`` rows: int32 (half the memory of a per-sample row table) while
+    every row id fits."""
+    return torch.int32 if n_rows < 2**31 else torch.int64
+
+
+def cut(features: torch.Tensor, rows: torch.Tensor, pin: bool = False) -> torch.Tensor:
+    """THE window gather: ``[..., T, F]`` windows of the flat panel ``features`` ``[N*D, F]`` at ``rows``
+    ``[..., T]`` (``WindowIndex.rows``), one ``index_select``; written into page-locked memory when ``pin``."""
+    out = torch.empty((rows.numel(), features.shape[1]), dtype=features.dtype, pin_memory=True) if pin else None
+    return torch.index_select(features, 0, rows.reshape(-1), out=out).view(*rows.shape, features.shape[1])
 
 
 @dataclass(frozen=True)
@@ -77,9 +94,14 @@ class WindowIndex:
         # A forward-fill source before the window (or none, −1) leaves a leading gap: back-fill it.
         return torch.where((pos >= 0) & (prev >= start.clamp(min=0)[:, None]), prev, first)
 
+    def rows(self, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """[B, T] rows of the flat ``[N*D, F]`` panel filling each window position (``row_dtype``)."""
+        n_inst, n_days = self.last_le.shape
+        return (inst[:, None] * n_days + self.source_days(inst, day)).to(row_dtype(n_inst * n_days))
+
     def gather(self, features: torch.Tensor, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
         """[B, T, F] windows from ``features`` [N, D, F] (same device as the tables)."""
-        return features[inst[:, None], self.source_days(inst, day)]
+        return cut(features.reshape(-1, features.shape[-1]), self.rows(inst, day))
 
 
 def keep_on_device(mode: str, nbytes: int, device: torch.device, free_bytes: int | None = None) -> bool:
@@ -100,10 +122,10 @@ def keep_on_device(mode: str, nbytes: int, device: torch.device, free_bytes: int
 @dataclass(frozen=True)
 class WindowSource:
     """Batches of windows delivered on ``device``: cut there from a resident panel, or cut in host memory from a
-    panel too large for the device and streamed to it batch by batch."""
+    panel too large for the device and streamed to it, a few batches ahead of the step using them."""
 
     features: torch.Tensor
-    """[N, D, F] on ``device`` (resident) or on the host (streamed; pinned when the device is a GPU)."""
+    """[N*D, F] on ``device`` (resident) or on the host (streamed; pinned when the device is a GPU)."""
     index: WindowIndex
     """On the same device as ``features``."""
     device: torch.device
@@ -116,19 +138,27 @@ class WindowSource:
         device = torch.device(device)
         resident = keep_on_device(mode, features.nbytes, device)
         home = device if resident else torch.device("cpu")
-        panel = torch.from_numpy(features)
+        panel = torch.from_numpy(features).reshape(-1, features.shape[-1])
         if resident:
             panel = panel.to(device)
         elif device.type == "cuda":
             panel = panel.pin_memory()  # page-locked: host→device copies run at full bus speed
         return cls(panel, WindowIndex.build(avail, step_len, home), device, streamed=not resident)
 
-    def gather(self, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
-        """[B, T, F] windows of the samples (inst, day), on ``device``."""
+    @property
+    def home(self) -> torch.device:
+        """Where windows are cut: ``device``, or the host when streamed."""
+        return self.features.device
+
+    def rows(self, inst: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """[B, T] panel rows of the samples' windows (``WindowIndex.rows``), on ``home``."""
+        return self.index.rows(inst.to(self.home), day.to(self.home))
+
+    def windows(self, blocks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """[B, T, F] windows on ``device`` for each block of rows (on ``home``), in order. Streamed, a thread cuts
+        them ahead into pinned memory and uploads them on a side stream while the caller computes (``prefetch``).
+        Close the iterator when leaving it early (``contextlib.closing``): that stops the thread."""
         if not self.streamed:
-            return self.index.gather(self.features, inst, day)
-        home = self.features.device
-        batch = self.index.gather(self.features, inst.to(home), day.to(home))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+            return (cut(self.features, rows) for rows in blocks)
+        pin = self.device.type == "cuda"
+        return prefetch(lambda rows: cut(self.features, rows, pin), blocks, self.device)

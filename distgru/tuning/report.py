@@ -65,13 +65,15 @@ def write_tune_report(out_html: str | Path, cfg: Config, records: list[TrialReco
                 *({"item": k, "value": v} for k, v in summary["best_params"].items()),
                 {"item": f"best valid {metric}", "value": summary[f"best_{metric}"]},
                 {"item": "best epoch", "value": summary["best_epoch"]},
-                {"item": "test IC", "value": test.get("IC", float("nan"))},
-                {"item": "test RankIC", "value": test.get("RankIC", float("nan"))},
+                *([{"item": "test IC", "value": test.get("IC", float("nan"))},
+                   {"item": "test RankIC", "value": test.get("RankIC", float("nan"))}] if test is not None else []),
                 {"item": "trials (errors)", "value": f"{summary['trials']} ({summary['errors']})"}]
+    note = ("Test metrics score the test segment with the best trial's best-epoch weights (predictions.parquet)"
+            if test is not None else "The test segment was not scored (tune.score_test: false): the choice saw "
+            "the validation segment only")
     sections = [
         Section("Best trial", html_table(headline)
-                + '<p class="note">Test metrics score the test segment with the best trial\'s best-epoch weights '
-                "(predictions.parquet); its training config is best_config.yaml.</p>"),
+                + f'<p class="note">{note}; its training config is best_config.yaml.</p>'),
         Section("Learning curves", img_tag(plot_learning_curves(records, metric), "learning curves")),
     ]
     params_fig = plot_params(table, keys, metric, {d.key for d in tc.dists if d.kind == "loguniform"})

@@ -1,7 +1,8 @@
 """What a finished search leaves in the experiment directory, beside Tune's own trial directories::
 
     results.csv, results.parquet   one row per trial: id, parameters, best metric, epochs, status, who stopped it,
-                                   and the test IC / Rank IC of its best weights (to see if valid ranking holds)
+                                   and the test IC / Rank IC of its best weights (to see if valid ranking holds;
+                                   absent with tune.score_test false, as predictions.parquet and summary's test)
     best_config.yaml               the best trial's resolved training config (``distgru train best_config.yaml``)
     best/                          its best-epoch weights, processor state and config (``distgru predict`` layout)
     predictions.parquet            its TEST segment scores (rundir's predictions schema)
@@ -71,7 +72,8 @@ def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *
     exp_dir = Path(exp_dir)
     cfgs = trial_configs(cfg, grid)
     records = trial_records(cfg, grid, cfgs)
-    _add_test_scores(grid, data, records, cfgs)
+    if tc.score_test:
+        _add_test_scores(grid, data, records, cfgs)
     table = write_table(records, exp_dir)
     if not table[f"best_{tc.metric}"].notna().any():
         errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
@@ -86,14 +88,17 @@ def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *
     row = next(r.row for r in records if r.row["trial_id"] == best_id)
     save_best(exp_dir, best_cfg, state, processor_state)
 
-    frames = {seg: score_segment(best_cfg, panel, state.best_model, seg) for seg in ("valid", "test")}
-    write_predictions(exp_dir / PREDICTIONS_FILE, frames["test"])
+    segments = ("valid", "test") if tc.score_test else ("valid",)
+    frames = {seg: score_segment(best_cfg, panel, state.best_model, seg) for seg in segments}
+    if tc.score_test:
+        write_predictions(exp_dir / PREDICTIONS_FILE, frames["test"])
     summary = {
         "experiment_dir": str(exp_dir), "metric": tc.metric, "mode": tc.resolved_mode,
         "best_trial": best_id, "best_params": {k: cell(v) for k, v in best.config.items()},
         f"best_{tc.metric}": row[f"best_{tc.metric}"], "best_epoch": row["best_epoch"],
-        "valid": signal_metrics(frames["valid"]), "test": signal_metrics(frames["test"]),
-        "median_trial_test_ic": float(table["test_ic"].median()),
+        "valid": signal_metrics(frames["valid"]), "score_test": tc.score_test,
+        "test": signal_metrics(frames["test"]) if tc.score_test else None,
+        "median_trial_test_ic": float(table["test_ic"].median()) if tc.score_test else None,
         "trials": len(records), "errors": int((table["status"] == "ERROR").sum()),
         "stopped_by": {k: int(v) for k, v in table["stopped_by"].value_counts().items()},
         "wall_s": time.perf_counter() - t0,

@@ -157,7 +157,9 @@ def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: boo
     second Ctrl-C raises KeyboardInterrupt at once)."""
     from ray import tune
 
+    from distgru.training.capacity import autoscaling
     from distgru.training.lifecycle import RunInterrupted
+    from distgru.training.storage import check_shared_storage
 
     tc = tune_of(cfg)
     # Tune's newer console output ignores progress_reporter; the legacy one prints our CLIReporter table.
@@ -166,6 +168,7 @@ def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: boo
     # Tune warns about that on every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     exp_dir = Path(exp_dir).resolve()
+    check_shared_storage(exp_dir.parent, autoscaling())  # trials and their workers may run on any node
     trainable = _trainable(cfg, data, exp_dir)
     callbacks = [TrialEpochLines(cfg.train.n_epochs, [d.key for d in tc.dists])] if epoch_lines else []
     if restore:

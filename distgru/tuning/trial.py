@@ -68,7 +68,9 @@ def in_process_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: 
             group["lr"] = cfg.train.lr
 
     def report(row: EpochRow, state: TrainState | None) -> None:
-        assert state is not None  # rank 0 of a world of one always hands over its state
+        if state is None:  # an epoch between checkpoints (train.checkpoint_every)
+            tune.report(row)
+            return
         with tempfile.TemporaryDirectory(prefix="distgru-tune-") as tmp:
             state.save(tmp)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
