@@ -81,9 +81,10 @@ class LocalCluster:
     dashboard: str = ""
 
     @property
-    def client_path(self) -> str:
-        """PATH of a client machine: this test environment's, where ``ray`` and distgru are installed."""
-        return os.environ["PATH"]
+    def client_env(self) -> dict[str, str]:
+        """A client machine's environment: the cluster's token and address, and this test environment's PATH,
+        where ``ray`` and distgru are installed."""
+        return {**self.env, "RAY_ADDRESS": self.dashboard, "PATH": os.environ["PATH"]}
 
     @property
     def shared(self) -> Path:
@@ -153,7 +154,7 @@ class LocalCluster:
         return (self.base / f"{node.name}.log").read_text(errors="replace")[-1500:] + "\n" + "\n".join(fatal[-5:])
 
     def expected(self) -> int:
-        return sum(1 for n in [self.head, *self.workers.values()] if n.proc is not None and n.alive)
+        return sum(1 for n in [self.head, *self.workers.values()] if n.alive)
 
     def wait_nodes(self, n: int) -> None:
         import json
@@ -179,8 +180,7 @@ class LocalCluster:
 
     def ray(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """The ``ray`` CLI as a user on a client machine runs it (this test's environment, the cluster's token)."""
-        env = {**self.env, "RAY_ADDRESS": self.dashboard, "PATH": self.client_path}
-        out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=env, cwd=REPO,
+        out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args], env=self.client_env, cwd=REPO,
                              capture_output=True, text=True, timeout=timeout)
         if check and out.returncode != 0:
             pytest.fail(f"ray {' '.join(args)} exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")

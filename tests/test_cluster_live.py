@@ -109,7 +109,7 @@ def _submit_and_kill(cluster: LocalCluster, output: Path, node: str, **resources
     """Submit a job, remove ``node`` once the run has reported its first epoch, return the job's exit and logs."""
     job = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts",
                             *submit_args(job_config(cluster, **resources), output)],
-                           env={**cluster.env, "RAY_ADDRESS": cluster.dashboard, "PATH": cluster.client_path},
+                           env=cluster.client_env,
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not list(output.glob("*/metrics.jsonl")) or not list(output.glob("*/metrics.jsonl"))[0].read_text():
