@@ -91,7 +91,8 @@ def test_job_submit_runs_one_worker_per_node_on_nodes_without_distgru(reference)
     # the uploaded copy has no .git: the source digest names the code, and it is this checkout's
     assert result.provenance.git_commit is None
     assert result.provenance.source_sha256 == source_digest()
-    assert "python -m distgru train" in result.provenance.command or "distgru" in result.provenance.command
+    # ``python -m distgru train``: sys.argv[0] is the uploaded package's __main__.py
+    assert "distgru/__main__.py train " in result.provenance.command
 
 
 def test_node_local_storage_is_refused_before_training(local_cluster: LocalCluster) -> None:  # noqa: F811

@@ -12,13 +12,32 @@ import yaml
 
 from distgru.config import Config, ConfigError, config_from_dict, load_config, to_dict
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+SEARCHES = sorted((CONFIG_DIR / "search").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_shipped_configs_load_and_round_trip(path: Path) -> None:
     cfg = load_config(path)
     assert config_from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
+def test_model_searches_choose_on_valid_only_within_budget(path: Path) -> None:
+    from distgru.tuning.space import check_space
+
+    cfg = load_config(path)
+    check_space(cfg)
+    parity = load_config(CONFIG_DIR / "gru_alpha158.yaml")
+    # Same protocol as the parity run (csi300-2010), test never scored, ranked by valid IC, ≤ 12 trials a family.
+    assert (cfg.dataset.train, cfg.dataset.valid, cfg.dataset.test) == (
+        parity.dataset.train, parity.dataset.valid, parity.dataset.test)
+    fit = (parity.processors.fit_start, parity.processors.fit_end)
+    assert (cfg.processors.fit_start, cfg.processors.fit_end) == fit
+    assert cfg.tune is not None and cfg.tune.score_test is False
+    assert (cfg.tune.metric, cfg.train.metric) == ("valid_ic", "ic")
+    assert cfg.tune.num_samples <= 12 and cfg.tune.seed is not None
 
 
 def test_gru_alpha158_mirrors_qlib_workflow() -> None:

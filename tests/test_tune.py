@@ -102,6 +102,17 @@ def test_optional_searcher_and_concurrency(tmp_path) -> None:
         max_concurrent(two, {"CPU": 2})
 
 
+
+def test_local_ray_spare_cpu_is_not_filled_with_trials(tmp_path) -> None:
+    # A 2-core machine: the local Ray holds 3 logical CPUs, one of them kept for Ray Data.
+    one = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}}, "resources.num_workers=1")
+    assert max_concurrent(one, {"CPU": 3}, spare_cpus=1) == 2
+    assert max_concurrent(one, {"CPU": 3}) == 3  # a cluster it joined: every CPU is for trials
+    two = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}})
+    assert max_concurrent(two, {"CPU": 3}, spare_cpus=1) == 1  # one 2-worker trial still runs there
+    assert max_concurrent(two, {"CPU": 7}, spare_cpus=1) == 2
+
+
 # ---- Ray -------------------------------------------------------------------------------------------------------
 
 ASHA_TUNE = {"space": {"train.lr": {"grid": [1e-2, 3e-3, 1e-8, 1e-9]}}, "metric": "valid_ic", "num_samples": 1,

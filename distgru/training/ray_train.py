@@ -47,13 +47,18 @@ FAIL_ENV = "DISTGRU_FAIL_AT"
 epoch ≥ 2, so a checkpoint exists to resume from)."""
 
 
+SPARE_CPUS = 1
+"""Logical CPUs a local Ray gets beyond the machine's cores, for Ray Data."""
+_started_locally = [False]
+
+
 @contextmanager
 def ray_session(res: ResourcesConfig, verbose: bool = False) -> Iterator[None]:
     """Attach to ``resources.address`` / ``RAY_ADDRESS``, or start a local Ray; shut down only what was started
 (and, should this process die first, ``ray_watchdog`` ends the local Ray's processes).
 
-    A local Ray gets one logical CPU more than the machine's cores (at least 2) so Ray Data always has one free
-    when every worker holds its CPU.
+    A local Ray gets SPARE_CPUS logical CPU more than the machine's cores (at least 2) so Ray Data always has one
+    free when every worker holds its CPU; ``spare_cpus`` keeps Tune from filling it with trials.
     """
     import ray
 
@@ -72,14 +77,22 @@ def ray_session(res: ResourcesConfig, verbose: bool = False) -> Iterator[None]:
         level = notice.level
         notice.setLevel(logging.ERROR)
         try:
-            ray.init(num_cpus=max(os.cpu_count() or 1, 2) + 1, **kwargs)
+            ray.init(num_cpus=max(os.cpu_count() or 1, 2) + SPARE_CPUS, **kwargs)
+            _started_locally[0] = True
         finally:
             notice.setLevel(level)
         ray_watchdog.spawn(os.getpid())  # a killed driver must not leave this Ray's agents behind
     try:
         yield
     finally:
+        _started_locally[0] = False
         ray.shutdown()
+
+
+def spare_cpus() -> float:
+    """Logical CPUs of the Ray this process started locally that trials should leave free (0 on a cluster it
+    joined): filling them would put more single-threaded trainers than cores on the machine."""
+    return float(SPARE_CPUS) if _started_locally[0] else 0.0
 
 
 def run_training(cfg: Config, panel: ProcessedPanel, run_dir: str | Path, *, progress: bool = True,

@@ -52,8 +52,9 @@ def trial_resources(cfg: Config) -> dict[str, float]:
     return {"cpu": cpu, "gpu": gpu}
 
 
-def max_concurrent(cfg: Config, cluster: dict[str, float]) -> int:
-    """Trials the cluster holds at once (workers included), so none sits PENDING waiting for resources."""
+def max_concurrent(cfg: Config, cluster: dict[str, float], spare_cpus: float = 0.0) -> int:
+    """Trials the cluster holds at once (workers included), so none sits PENDING waiting for resources, leaving
+    ``spare_cpus`` free where more than one trial fits."""
     tc, res = tune_of(cfg), cfg.resources
     if tc.max_concurrent_trials is not None:
         return tc.max_concurrent_trials
@@ -67,6 +68,8 @@ def max_concurrent(cfg: Config, cluster: dict[str, float]) -> int:
         raise ConfigError(f"tune.resources: one trial needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs (workers "
                           f"included); the Ray cluster has {cluster.get('CPU', 0):g} CPUs, "
                           f"{cluster.get('GPU', 0):g} GPUs")
+    if need["CPU"] > 0:
+        fits["CPU"] = max(1, math.floor((cluster.get("CPU", 0.0) - spare_cpus) / need["CPU"] + 1e-9))
     return max(1, min(fits.values(), default=1))
 
 
@@ -203,11 +206,14 @@ def _new_tuner(cfg: Config, trainable: Any, exp_dir: Path, verbose: int, callbac
     import ray
     from ray import tune
 
+    from distgru.training.ray_train import spare_cpus
+
     tc = tune_of(cfg)
+    concurrency = max_concurrent(cfg, ray.cluster_resources(), spare_cpus())
     return tune.Tuner(
         trainable, param_space=param_space(tc),
         tune_config=tune.TuneConfig(metric=tc.metric, mode=tc.resolved_mode, scheduler=_scheduler(cfg),
-                                    search_alg=_search_alg(cfg, max_concurrent(cfg, ray.cluster_resources())),
+                                    search_alg=_search_alg(cfg, concurrency),
                                     num_samples=tc.num_samples, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent), verbose=verbose,
                                   progress_reporter=_reporter(cfg),

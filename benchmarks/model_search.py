@@ -1,0 +1,204 @@
+"""Model choice on csi300-2010 without looking at the test segment, then the chosen config scored once.
+
+Three steps, each resumable (a 3-hour session stops a step; running the same command again continues it):
+
+    python benchmarks/model_search.py search gru_alpha360       # configs/search/gru_alpha360.yaml, --no-test
+    python benchmarks/model_search.py chosen gru_alpha360 --seeds 0 1 2
+    python benchmarks/model_search.py table --parity DIR --qlib DIR
+
+``search FAMILY`` runs ``distgru tune configs/search/FAMILY.yaml --no-test`` into ``OUT/FAMILY/`` (an unfinished
+experiment there continues with ``distgru tune --resume``) and copies its results.csv to
+``benchmarks/results/csi300-2010/search_FAMILY.csv``, the record that is committed. No trial's test IC is ever
+computed. ``chosen FAMILY`` trains that experiment's best_config.yaml (its best valid-IC trial) once per seed with
+``distgru train`` — the only place the test segment is scored — and writes one JSON per seed beside the search.
+``table`` prints the csi300-2010 table for BENCHMARKS.md: qlib's GRU and LightGBM, distgru's parity GRU, each
+family's best valid trial and the chosen model's seeds.
+
+OUT defaults to ``$DISTGRU_BENCH_OUT`` or ``runs/model_search`` under the repository; the data to
+``../shared/data/cn_csi300``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+PROVIDER = REPO.parent / "shared" / "data" / "cn_csi300"
+SEARCHES = REPO / "configs" / "search"
+RECORDS = REPO / "benchmarks" / "results" / "csi300-2010"
+LGBM_REFERENCE = REPO.parent / "shared" / "reference" / "qlib_lgbm_csi300-2010.json"
+QLIB_SEED0 = REPO.parent / "shared" / "reference" / "qlib_gru_csi300-2010_seed0.json"
+TEST_METRICS = ("IC", "ICIR", "RankIC", "RankICIR")
+BACKTEST = ("annualized_return", "information_ratio", "max_drawdown")
+"""Excess return over the benchmark with cost (topk-dropout, qlib's costs), annualised."""
+
+
+def default_out() -> Path:
+    return Path(os.environ.get("DISTGRU_BENCH_OUT", REPO / "runs" / "model_search"))
+
+
+def experiments(family_dir: Path) -> list[Path]:
+    return sorted(d for d in family_dir.glob("search_*-*") if (d / "config.yaml").is_file())
+
+
+def finished(exp: Path) -> bool:
+    status = exp / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("status") == "finished"
+
+
+def search(args: argparse.Namespace) -> None:
+    config = SEARCHES / f"{args.family}.yaml"
+    if not config.is_file():
+        known = ", ".join(sorted(p.stem for p in SEARCHES.glob("*.yaml")))
+        sys.exit(f"search: no {config}; families: {known}")
+    family_dir = args.out / args.family
+    done = [e for e in experiments(family_dir) if finished(e)]
+    if done:
+        print(f"{args.family}: finished in {done[-1]}")
+        exp = done[-1]
+    else:
+        started = experiments(family_dir)
+        if started:  # a session stopped it: Tune keeps finished trials and resumes the rest from checkpoints
+            cmd = [sys.executable, "-m", "distgru", "tune", "--resume", str(started[-1])]
+        else:
+            cmd = [sys.executable, "-m", "distgru", "tune", str(config), "--no-test", "--output", str(family_dir),
+                   "--set", f"data.provider={args.provider}"]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        exp = experiments(family_dir)[-1]
+    tune_result = json.loads((exp / "tune_result.json").read_text())
+    if tune_result.get("test") is not None:
+        sys.exit(f"{exp}: the search scored the test segment; it cannot be used for the choice")
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(exp / "results.csv", RECORDS / f"search_{args.family}.csv")
+    print(f"results: {RECORDS / f'search_{args.family}.csv'}")
+
+
+def chosen(args: argparse.Namespace) -> None:
+    done = [e for e in experiments(args.out / args.family) if finished(e)]
+    if not done:
+        sys.exit(f"chosen: no finished search for {args.family} in {args.out}; run the search step first")
+    best_config = done[-1] / "best_config.yaml"
+    runs = args.out / args.family / "chosen"
+    for seed in args.seeds:
+        tag = f"chosen_{args.family}_seed{seed}"
+        record_path = runs / f"{tag}.json"
+        if record_path.exists():
+            print(f"{tag}: exists, skipped")
+            continue
+        unfinished = [d for d in runs.glob(f"{tag}-*") if not (d / "result.json").exists()]
+        if unfinished:
+            cmd = [sys.executable, "-m", "distgru", "train", "--resume", str(max(unfinished, key=lambda d: d.name))]
+        else:
+            cmd = [sys.executable, "-m", "distgru", "train", str(best_config), "--output", str(runs), "--set",
+                   f"data.provider={args.provider}", f"train.seed={seed}", f"name={tag}"]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
+        run_dir = max(runs.glob(f"{tag}-*"), key=lambda d: d.name)
+        record = run_record(run_dir) | {"family": args.family, "seed": seed, "config": str(best_config)}
+        record_path.write_text(json.dumps(record, indent=1))
+        print(json.dumps(record, indent=1))
+
+
+def run_record(run_dir: Path) -> dict:
+    """What the table needs from one ``distgru train`` run: test metrics, backtest, epochs and timing."""
+    result = json.loads((run_dir / "result.json").read_text())
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    backtest = result.get("evaluation", {}).get("metrics", {})
+    return {"run_dir": str(run_dir), "best_epoch": result["best_epoch"], "epochs": result["epochs"],
+            "valid_ic": result["valid"]["IC"],  # at the best epoch: the weights that score the test segment
+            "s_per_epoch": float(np.median([e["epoch_s"] for e in epochs])),
+            **{k: result["test"][k] for k in TEST_METRICS}, **{k: backtest.get(k) for k in BACKTEST}}
+
+
+def mean_std(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+
+
+def table(args: argparse.Namespace) -> None:
+    rows: list[dict] = []
+    notes: list[str] = []
+
+    def seeds_row(name: str, records: list[dict]) -> None:
+        if not records:
+            return
+        timed = [r["s_per_epoch"] for r in records if r.get("s_per_epoch") is not None]
+        row = {"run": name, "seeds": len(records), "IC": mean_std([r["IC"] for r in records]),
+               "RankIC": mean_std([r["RankIC"] for r in records]),
+               "valid IC": mean_std([r["valid_ic"] for r in records]) if "valid_ic" in records[0] else "—",
+               # per seed; a best epoch the record lacks (qlib's seed-0 reference) is "?"
+               "epochs (best, from 1)": ", ".join(str(r["epochs"]) for r in records) + " ("
+                                + ", ".join(str(r.get("best_epoch", "?")) for r in records) + ")",
+               "s/epoch (CPU)": f"{np.median(timed):.0f}" if timed else "—"}
+        for key in BACKTEST:
+            values = [r.get(key) for r in records]
+            row[key] = mean_std(values) if None not in values else "—"
+        rows.append(row)
+
+    qlib = [json.loads(p.read_text()) for p in [QLIB_SEED0, *sorted(Path(args.qlib).glob("csi300-2010_seed*.json"))]
+            if p.is_file()]
+    # seed 0 is the shared reference, timed on an H200: only the CPU seeds' epochs are timed here. qlib counts
+    # its best epoch from 0, distgru from 1.
+    seeds_row("qlib GRU", [{**r, "s_per_epoch": r.get("s_per_epoch") if r.get("device") == "cpu" else None,
+                            **({"best_epoch": r["best_epoch"] + 1} if "best_epoch" in r else {})} for r in qlib])
+    parity = [json.loads(p.read_text()) for p in sorted(Path(args.parity).glob("csi300-2010_gru_loss_seed*.json"))]
+    if qlib and parity:
+        delta = {k: np.mean([r[k] for r in parity]) - np.mean([r[k] for r in qlib]) for k in ("IC", "RankIC")}
+        verdict = "met" if all(abs(v) <= 0.005 for v in delta.values()) else "NOT met"
+        notes.append(f"parity: distgru − qlib mean test IC {delta['IC']:+.4f}, mean RankIC {delta['RankIC']:+.4f} "
+                     f"({len(parity)} vs {len(qlib)} seeds; criterion |Δ| ≤ 0.005: {verdict})")
+    if LGBM_REFERENCE.is_file():
+        lgbm = json.loads(LGBM_REFERENCE.read_text())
+        rows.append({"run": "qlib LightGBM", "seeds": 1, "IC": f"{lgbm['IC']:.4f}", "RankIC": f"{lgbm['RankIC']:.4f}"})
+    seeds_row("distgru GRU (parity)", [run_record(Path(r["run_dir"])) if Path(r["run_dir"]).is_dir() else r
+                                       for r in parity])
+    for csv in sorted(RECORDS.glob("search_*.csv")):
+        trials = pd.read_csv(csv)
+        best = trials.loc[trials["best_valid_ic"].idxmax()]
+        rows.append({"run": f"best valid trial: {csv.stem.removeprefix('search_')} ({len(trials)} trials)",
+                     "seeds": 1, "IC": "not scored", "RankIC": "not scored", "valid IC": f"{best['best_valid_ic']:.4f}",
+                     "epochs (best, from 1)": f"{best['epochs']:.0f} ({best['best_epoch']:.0f})"})
+        params = ", ".join(f"{k} {best[k]:.3g}" if isinstance(best[k], float) else f"{k} {best[k]}"
+                           for k in trials.columns if "." in k)
+        notes.append(f"{csv.stem.removeprefix('search_')}: best valid trial {best['trial_id']}: {params}")
+    for family_dir in sorted(p for p in args.out.iterdir() if (p / "chosen").is_dir()) if args.out.is_dir() else []:
+        records = [json.loads(p.read_text()) for p in sorted((family_dir / "chosen").glob("chosen_*_seed*.json"))]
+        seeds_row(f"chosen: {family_dir.name}", records)
+    frame = pd.DataFrame(rows).fillna("—").astype(str)
+    print("| " + " | ".join(frame.columns) + " |")
+    print("|" + "---|" * len(frame.columns))
+    for values in frame.itertuples(index=False):
+        print("| " + " | ".join(values) + " |")
+    for note in notes:
+        print(f"\n{note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("search", "chosen", "table"))
+    parser.add_argument("family", nargs="?", help="a configs/search/ file's stem, e.g. gru_alpha360")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--provider", default=str(PROVIDER), help="qlib data directory (default ../shared/...)")
+    parser.add_argument("--out", type=Path, default=default_out(), help="experiments and chosen runs")
+    parser.add_argument("--parity", default=str(default_out().parent / "gru_parity"),
+                        help="benchmarks/gru_parity.py --out of the csi300-2010 parity runs (table)")
+    parser.add_argument("--qlib", default=str(default_out().parent / "qlib_gru"),
+                        help="benchmarks/qlib_gru.py --out of qlib's seeds 1, 2 (table; seed 0 is the reference)")
+    args = parser.parse_args()
+    if args.step != "table" and not args.family:
+        parser.error(f"{args.step}: name a family (a configs/search/ file's stem)")
+    {"search": search, "chosen": chosen, "table": table}[args.step](args)
+
+
+if __name__ == "__main__":
+    main()
