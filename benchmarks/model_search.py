@@ -8,7 +8,8 @@ Three steps, each resumable (a 3-hour session stops a step; running the same com
 
 ``search FAMILY`` runs ``distgru tune configs/search/FAMILY.yaml --no-test`` into ``OUT/FAMILY/`` (an unfinished
 experiment there continues with ``distgru tune --resume``) and copies its results.csv to
-``benchmarks/results/csi300-2010/search_FAMILY.csv``, the record that is committed. No trial's test IC is ever
+``benchmarks/results/csi300-2010/search_FAMILY.csv`` (with each trial's median s/epoch), the record that is
+committed. No trial's test IC is ever
 computed. ``chosen FAMILY`` trains that experiment's best_config.yaml (its best valid-IC trial) once per seed with
 ``distgru train`` — the only place the test segment is scored — and writes one JSON per seed beside the search.
 ``table`` prints the csi300-2010 table for BENCHMARKS.md: qlib's GRU and LightGBM, distgru's parity GRU, each
@@ -23,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from distgru.training.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 PROVIDER = REPO.parent / "shared" / "data" / "cn_csi300"
@@ -51,8 +53,7 @@ def experiments(family_dir: Path) -> list[Path]:
 
 
 def finished(exp: Path) -> bool:
-    status = exp / "status.json"
-    return status.is_file() and json.loads(status.read_text()).get("status") == "finished"
+    return (RunDir(exp).read_status() or {}).get("state") == "finished"
 
 
 def search(args: argparse.Namespace) -> None:
@@ -79,8 +80,17 @@ def search(args: argparse.Namespace) -> None:
     if tune_result.get("test") is not None:
         sys.exit(f"{exp}: the search scored the test segment; it cannot be used for the choice")
     RECORDS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(exp / "results.csv", RECORDS / f"search_{args.family}.csv")
+    trials = pd.read_csv(exp / "results.csv")
+    trials["s_per_epoch"] = [epoch_seconds(Path(d)) for d in trials["trial_dir"]]
+    # the record travels with the repository: where the trial ran on this machine means nothing there
+    trials.drop(columns=["trial_dir"]).to_csv(RECORDS / f"search_{args.family}.csv", index=False)
     print(f"results: {RECORDS / f'search_{args.family}.csv'}")
+
+
+def epoch_seconds(trial_dir: Path) -> float:
+    """Median seconds of a Tune trial's epochs (its result.json holds one reported row per epoch)."""
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    return float(np.median([r["epoch_s"] for r in rows])) if rows else float("nan")
 
 
 def chosen(args: argparse.Namespace) -> None:
@@ -167,7 +177,8 @@ def table(args: argparse.Namespace) -> None:
         best = trials.loc[trials["best_valid_ic"].idxmax()]
         rows.append({"run": f"best valid trial: {csv.stem.removeprefix('search_')} ({len(trials)} trials)",
                      "seeds": 1, "IC": "not scored", "RankIC": "not scored", "valid IC": f"{best['best_valid_ic']:.4f}",
-                     "epochs (best, from 1)": f"{best['epochs']:.0f} ({best['best_epoch']:.0f})"})
+                     "epochs (best, from 1)": f"{best['epochs']:.0f} ({best['best_epoch']:.0f})",
+                     "s/epoch (CPU)": f"{best['s_per_epoch']:.0f}"})
         params = ", ".join(f"{k} {best[k]:.3g}" if isinstance(best[k], float) else f"{k} {best[k]}"
                            for k in trials.columns if "." in k)
         notes.append(f"{csv.stem.removeprefix('search_')}: best valid trial {best['trial_id']}: {params}")
