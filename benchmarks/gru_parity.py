@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ PROTOCOLS = {
                     "test": ("2019-01-01", "2026-05-08"), "n_epochs": 200},
 }
 METRICS = ("IC", "ICIR", "RankIC", "RankICIR")
+BACKTEST = ("annualized_return", "information_ratio", "max_drawdown")
+"""Excess return over the benchmark with cost (topk-dropout, qlib's costs), annualised."""
 
 
 def overrides(protocol: str, seed: int, metric: str, provider: Path) -> list[str]:
@@ -48,30 +51,46 @@ def run_seed(args: argparse.Namespace, seed: int) -> None:
     if (out / f"{tag}.json").exists():
         print(f"{tag}: exists, skipped")
         return
-    unfinished = [d for d in (out / "runs").glob(f"{tag}-*") if not (d / "result.json").exists()]
-    if unfinished:  # a seed cut short (a stopped session) continues from its last checkpoint
-        cmd = [sys.executable, "-m", "distgru", "train", "--resume", str(max(unfinished, key=lambda d: d.name))]
-    else:
-        cmd = [sys.executable, "-m", "distgru", "train", str(REPO / "configs" / CONFIGS[args.model]),
-               "--output", str(out / "runs"), "--num-workers", str(args.num_workers), "--set",
-               *overrides(args.protocol, seed, args.metric, Path(args.provider)), f"name={tag}"]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=REPO)
-    run_dir = max((out / "runs").glob(f"{tag}-*"), key=lambda p: p.stat().st_mtime)
-    result = json.loads((run_dir / "result.json").read_text())
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    run_dir = train_or_resume(REPO / "configs" / CONFIGS[args.model], out / "runs", tag,
+                              overrides(args.protocol, seed, args.metric, Path(args.provider)),
+                              ["--num-workers", str(args.num_workers)])
     record = {"protocol": args.protocol, "model": args.model, "metric": args.metric, "seed": seed,
-              "run_dir": str(run_dir), "best_epoch": result["best_epoch"], "epochs": result["epochs"],
-              "s_per_epoch": float(np.median([e["epoch_s"] for e in epochs])),
-              "train_samples_per_s": result["train_samples_per_s"], "wall_s": result["wall_s"],
-              **{k: result["test"][k] for k in METRICS}}
+              **run_record(run_dir)}
     (out / f"{tag}.json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
 
 
-def _mean_std(rows: list[dict], key: str) -> str:
-    values = np.array([r[key] for r in rows], dtype=float)
-    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+def train_or_resume(config: Path, runs: Path, tag: str, settings: list[str], flags: Sequence[str] = ()) -> Path:
+    """``distgru train config`` into ``runs`` as run ``tag`` (``--set settings``), or, where a run of ``tag`` was
+    cut short (a stopped session), ``distgru train --resume`` of it from its last checkpoint; returns its run
+    directory."""
+    unfinished = [d for d in runs.glob(f"{tag}-*") if not (d / "result.json").exists()]
+    if unfinished:
+        cmd = [sys.executable, "-m", "distgru", "train", "--resume", str(max(unfinished, key=lambda d: d.name))]
+    else:
+        cmd = [sys.executable, "-m", "distgru", "train", str(config), "--output", str(runs), *flags, "--set",
+               *settings, f"name={tag}"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return max(runs.glob(f"{tag}-*"), key=lambda d: d.name)  # names end in the start time
+
+
+def run_record(run_dir: Path) -> dict:
+    """What the tables need from one finished ``distgru train`` run: test metrics, the valid IC of the weights
+    scored, the backtest, epochs and timing."""
+    result = json.loads((run_dir / "result.json").read_text())
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    backtest = result.get("evaluation", {}).get("metrics", {})
+    return {"run_dir": str(run_dir), "best_epoch": result["best_epoch"], "epochs": result["epochs"],
+            "valid_ic": result["valid"]["IC"],  # at the best epoch: the weights that score the test segment
+            "s_per_epoch": float(np.median([e["epoch_s"] for e in epochs])),
+            "train_samples_per_s": result["train_samples_per_s"], "wall_s": result["wall_s"],
+            **{k: result["test"][k] for k in METRICS}, **{k: backtest.get(k) for k in BACKTEST}}
+
+
+def mean_std(values: list[float]) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 
 
 def table(args: argparse.Namespace) -> None:
@@ -87,7 +106,7 @@ def table(args: argparse.Namespace) -> None:
     for name, rows in groups.items():
         epochs = np.mean([r["epochs"] for r in rows])
         per_epoch = np.median([r.get("s_per_epoch", np.nan) for r in rows])
-        print(f"| {name} | {len(rows)} | " + " | ".join(_mean_std(rows, k) for k in METRICS)
+        print(f"| {name} | {len(rows)} | " + " | ".join(mean_std([r[k] for r in rows]) for k in METRICS)
               + f" | {epochs:.1f} | {per_epoch:.1f} |")
     # The parity criterion: the GRU with qlib's settings (metric loss) on each side, means over seeds.
     for protocol in PROTOCOLS:

@@ -30,18 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from gru_parity import BACKTEST, PROVIDER, REPO, mean_std, run_record, train_or_resume  # this script's folder
 
 from distgru.training.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
-PROVIDER = REPO.parent / "shared" / "data" / "cn_csi300"
 SEARCHES = REPO / "configs" / "search"
 RECORDS = REPO / "benchmarks" / "results" / "csi300-2010"
 LGBM_REFERENCE = REPO.parent / "shared" / "reference" / "qlib_lgbm_csi300-2010.json"
 QLIB_SEED0 = REPO.parent / "shared" / "reference" / "qlib_gru_csi300-2010_seed0.json"
-TEST_METRICS = ("IC", "ICIR", "RankIC", "RankICIR")
-BACKTEST = ("annualized_return", "information_ratio", "max_drawdown")
-"""Excess return over the benchmark with cost (topk-dropout, qlib's costs), annualised."""
 
 
 def default_out() -> Path:
@@ -105,34 +101,11 @@ def chosen(args: argparse.Namespace) -> None:
         if record_path.exists():
             print(f"{tag}: exists, skipped")
             continue
-        unfinished = [d for d in runs.glob(f"{tag}-*") if not (d / "result.json").exists()]
-        if unfinished:
-            cmd = [sys.executable, "-m", "distgru", "train", "--resume", str(max(unfinished, key=lambda d: d.name))]
-        else:
-            cmd = [sys.executable, "-m", "distgru", "train", str(best_config), "--output", str(runs), "--set",
-                   f"data.provider={args.provider}", f"train.seed={seed}", f"name={tag}"]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO)
-        run_dir = max(runs.glob(f"{tag}-*"), key=lambda d: d.name)
+        run_dir = train_or_resume(best_config, runs, tag,
+                                  [f"data.provider={args.provider}", f"train.seed={seed}"])
         record = run_record(run_dir) | {"family": args.family, "seed": seed, "config": str(best_config)}
         record_path.write_text(json.dumps(record, indent=1))
         print(json.dumps(record, indent=1))
-
-
-def run_record(run_dir: Path) -> dict:
-    """What the table needs from one ``distgru train`` run: test metrics, backtest, epochs and timing."""
-    result = json.loads((run_dir / "result.json").read_text())
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    backtest = result.get("evaluation", {}).get("metrics", {})
-    return {"run_dir": str(run_dir), "best_epoch": result["best_epoch"], "epochs": result["epochs"],
-            "valid_ic": result["valid"]["IC"],  # at the best epoch: the weights that score the test segment
-            "s_per_epoch": float(np.median([e["epoch_s"] for e in epochs])),
-            **{k: result["test"][k] for k in TEST_METRICS}, **{k: backtest.get(k) for k in BACKTEST}}
-
-
-def mean_std(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 
 
 def table(args: argparse.Namespace) -> None:
