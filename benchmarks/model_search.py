@@ -9,8 +9,9 @@ Three steps, each resumable (a 3-hour session stops a step; running the same com
 ``search FAMILY`` runs ``distgru tune configs/search/FAMILY.yaml --no-test`` into ``OUT/FAMILY/`` (an unfinished
 experiment there continues with ``distgru tune --resume``) and copies its results.csv to
 ``benchmarks/results/csi300-2010/search_FAMILY.csv`` (with each trial's median s/epoch), the record that is
-committed. No trial's test IC is ever
-computed. ``chosen FAMILY`` trains that experiment's best_config.yaml (its best valid-IC trial) once per seed with
+committed; a stopped search is recorded too, its unfinished trials marked. ``record FAMILY`` writes that record
+from the latest experiment as it stands, without running anything. No trial's test IC is ever computed.
+``chosen FAMILY`` trains that experiment's best_config.yaml (its best valid-IC trial) once per seed with
 ``distgru train`` — the only place the test segment is scored — and writes one JSON per seed beside the search.
 ``table`` prints the csi300-2010 table for BENCHMARKS.md: qlib's GRU and LightGBM, distgru's parity GRU, each
 family's best valid trial and the chosen model's seeds.
@@ -61,22 +62,34 @@ def search(args: argparse.Namespace) -> None:
     done = [e for e in experiments(family_dir) if finished(e)]
     if done:
         print(f"{args.family}: finished in {done[-1]}")
-        exp = done[-1]
+        return record(args)
+    started = experiments(family_dir)
+    if started:  # a session stopped it: Tune keeps finished trials and resumes the rest from checkpoints
+        cmd = [sys.executable, "-m", "distgru", "tune", "--resume", str(started[-1])]
     else:
-        started = experiments(family_dir)
-        if started:  # a session stopped it: Tune keeps finished trials and resumes the rest from checkpoints
-            cmd = [sys.executable, "-m", "distgru", "tune", "--resume", str(started[-1])]
-        else:
-            cmd = [sys.executable, "-m", "distgru", "tune", str(config), "--no-test", "--output", str(family_dir),
-                   "--set", f"data.provider={args.provider}"]
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, cwd=REPO)
-        exp = experiments(family_dir)[-1]
-    tune_result = json.loads((exp / "tune_result.json").read_text())
-    if tune_result.get("test") is not None:
+        cmd = [sys.executable, "-m", "distgru", "tune", str(config), "--no-test", "--output", str(family_dir),
+               "--set", f"data.provider={args.provider}"]
+    print(" ".join(cmd), flush=True)
+    code = subprocess.run(cmd, cwd=REPO).returncode
+    if code not in (0, 130):  # 130: stopped; its trials so far are still recorded
+        sys.exit(f"search {args.family}: distgru tune exited with {code}")
+    record(args)
+    if code:
+        sys.exit(code)
+
+
+def record(args: argparse.Namespace) -> None:
+    """The committed record of the family's latest experiment, finished or stopped (its trials so far)."""
+    started = experiments(args.out / args.family)
+    if not started:
+        sys.exit(f"record: no search for {args.family} in {args.out}; run the search step first")
+    exp = started[-1]
+    if not finished(exp):  # results.csv of the trials so far, from the state Tune saved
+        subprocess.run([sys.executable, "-m", "distgru", "tune", "--table", str(exp)], check=True, cwd=REPO)
+    trials = pd.read_csv(exp / "results.csv")
+    if "test_ic" in trials:
         sys.exit(f"{exp}: the search scored the test segment; it cannot be used for the choice")
     RECORDS.mkdir(parents=True, exist_ok=True)
-    trials = pd.read_csv(exp / "results.csv")
     trials["s_per_epoch"] = [epoch_seconds(Path(d)) for d in trials["trial_dir"]]
     # the record travels with the repository: where the trial ran on this machine means nothing there
     trials.drop(columns=["trial_dir"]).to_csv(RECORDS / f"search_{args.family}.csv", index=False)
@@ -85,7 +98,8 @@ def search(args: argparse.Namespace) -> None:
 
 def epoch_seconds(trial_dir: Path) -> float:
     """Median seconds of a Tune trial's epochs (its result.json holds one reported row per epoch)."""
-    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    path = trial_dir / "result.json"  # absent for a trial a stopped search had not started
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     return float(np.median([r["epoch_s"] for r in rows])) if rows else float("nan")
 
 
@@ -148,7 +162,9 @@ def table(args: argparse.Namespace) -> None:
     for csv in sorted(RECORDS.glob("search_*.csv")):
         trials = pd.read_csv(csv)
         best = trials.loc[trials["best_valid_ic"].idxmax()]
-        rows.append({"run": f"best valid trial: {csv.stem.removeprefix('search_')} ({len(trials)} trials)",
+        unfinished = int((trials["status"] == "UNFINISHED").sum())
+        count = f"{len(trials)} trials" + (f", {unfinished} unfinished" if unfinished else "")
+        rows.append({"run": f"best valid trial: {csv.stem.removeprefix('search_')} ({count})",
                      "seeds": 1, "IC": "not scored", "RankIC": "not scored", "valid IC": f"{best['best_valid_ic']:.4f}",
                      "epochs (best, from 1)": f"{best['epochs']:.0f} ({best['best_epoch']:.0f})",
                      "s/epoch (CPU)": f"{best['s_per_epoch']:.0f}"})
@@ -169,7 +185,7 @@ def table(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("search", "chosen", "table"))
+    parser.add_argument("step", choices=("search", "record", "chosen", "table"))
     parser.add_argument("family", nargs="?", help="a configs/search/ file's stem, e.g. gru_alpha360")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--provider", default=str(PROVIDER), help="qlib data directory (default ../shared/...)")
@@ -181,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.step != "table" and not args.family:
         parser.error(f"{args.step}: name a family (a configs/search/ file's stem)")
-    {"search": search, "chosen": chosen, "table": table}[args.step](args)
+    {"search": search, "record": record, "chosen": chosen, "table": table}[args.step](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Runs stopped as users and the world stop them, through real processes and signals: Ctrl-C on ``distgru train``
-resumes to the same metrics as an uninterrupted run, Ctrl-C on ``--seeds`` never prints a table, a Ray runtime that
-dies under a run is named, and a finished run is not resumed."""
+resumes to the same metrics as an uninterrupted run, Ctrl-C on ``--seeds`` never prints a table, Ctrl-C on ``distgru
+tune`` leaves its trials so far in results.csv, a Ray runtime that dies under a run is named, and a finished run is
+not resumed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -50,7 +52,9 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     while not predicate():
         if proc.poll() is not None:
             pytest.fail(f"exited early ({proc.returncode}): {proc.communicate()}")
-        assert time.monotonic() < deadline, "timed out"
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the command and the Ray it started
+            pytest.fail(f"timed out after {timeout} s: {proc.communicate()}")
         time.sleep(0.5)
 
 
@@ -115,6 +119,29 @@ def test_ctrl_c_on_seeds_prints_no_table_and_resume_finishes_them(tmp_path) -> N
     assert proc.returncode == 0, err[-3000:]
     assert "2 of 2 seeds finished" in out and (exp / "seeds.csv").is_file()
     assert json.loads((exp / "status.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.ray
+def test_ctrl_c_on_tune_writes_the_trials_so_far(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    search = {**RUN, "train": {**RUN["train"], "n_epochs": 30, "early_stop": 30},
+              "tune": {"space": {"train.lr": {"grid": [1e-3, 3e-3]}}, "num_samples": 1, "max_concurrent_trials": 1,
+                       "scheduler": {"kind": "fifo"}, "score_test": False}}
+    proc = start("tune", str(config(tmp_path, search)), "--output", str(runs), cwd=tmp_path)
+    wait_for(lambda: any(runs.glob("stop-*/trial_*/progress.csv")), 240, proc)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    (exp,) = runs.glob("stop-*")
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    assert f"resume with: distgru tune --resume {exp}" in err
+    # One trial at a time: the first was stopped mid-run; the second exists once Tune created it, and has not run.
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) in (1, 2) and (table["status"] == "UNFINISHED").all(), table
+    assert table["epochs"].iloc[0] < 30 and table["epochs"].iloc[1:].eq(0).all()
+    assert out.count("UNFINISHED") == len(table)  # the same table on the terminal, above the resume command
+    assert not (exp / "best_config.yaml").exists() and not (exp / "tune_result.json").exists()
+    assert json.loads((exp / "status.json").read_text())["state"] == "interrupted"
 
 
 @pytest.mark.ray

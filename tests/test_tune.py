@@ -1,5 +1,5 @@
 """distgru tune: space validation (no Ray), an in-process ASHA search with its outputs and report, a 2-worker
-Ray Train trial, and resuming an experiment whose driver was killed.
+Ray Train trial, and the trial table and resume of an experiment whose driver was killed.
 
 The ASHA test is deterministic by construction: a grid of lr [1e-2, 3e-3, 1e-8, 1e-9] with 2 concurrent trials.
 All trials start from the same weights (same train.seed), so after epoch 1 the two lr≈0 trials score exactly
@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -28,6 +29,7 @@ import yaml
 from distgru.cli import main
 from distgru.config import ConfigError, config_from_dict, load_config, to_dict
 from distgru.training.rundir import PREDICTIONS_FILE
+from distgru.tuning.records import trial_records
 from distgru.tuning.results import (
     BEST_CONFIG,
     REPORT_FILE,
@@ -35,6 +37,7 @@ from distgru.tuning.results import (
     RESULTS_PARQUET,
     SUMMARY_FILE,
     finish_experiment,
+    trial_configs,
 )
 from distgru.tuning.runner import max_concurrent, run_experiment
 from distgru.tuning.space import check_space, data_key
@@ -51,6 +54,33 @@ def _tune_cfg(tmp: str, tune: dict[str, Any], *overrides: str) -> Any:
 
 def _data(cfg: Any) -> dict:
     return {data_key(cfg): (tiny_panel(), tiny_state())}
+
+
+def _result(path: Path, epochs: int, *, ic: list[float] | None = None, stopped_early: bool = False) -> Any:
+    """A Tune Result as trial_records reads it: its directory, reported epochs, error, parameters."""
+    frame = (pd.DataFrame({"epoch": range(1, epochs + 1), "valid_ic": ic, "stopped_early": [False] * (epochs - 1)
+                           + [stopped_early]}) if epochs else None)
+    return SimpleNamespace(path=str(path), metrics_dataframe=frame, error=None, config={"train.lr": 1e-3})
+
+
+def test_trial_table_marks_what_a_stopped_search_had_not_ended(tmp_path) -> None:
+    cfg = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}, "metric": "valid_ic"},
+                    "train.n_epochs=4")
+    grid = [_result(tmp_path / "trial_a_00000", 4, ic=[0.01, 0.05, 0.03, 0.02]),        # ran all its epochs
+            _result(tmp_path / "trial_a_00001", 2, ic=[0.02, 0.04], stopped_early=True),  # patience
+            _result(tmp_path / "trial_a_00002", 2, ic=[0.01, 0.00]),                      # ASHA stopped it
+            _result(tmp_path / "trial_a_00003", 3, ic=[0.03, 0.06, 0.07]),                # running when stopped
+            _result(tmp_path / "trial_a_00004", 0)]                                       # started, no epoch yet
+    params = {f"a_0000{i}": {"train.lr": 1e-3} for i in range(5)}
+    # a_00000 too by the saved state, as a killed driver's lagging snapshot leaves it: its loop had ended
+    records = trial_records(cfg, grid, params, trial_configs(cfg, params), frozenset({"a_00000", "a_00003",
+                                                                                      "a_00004"}))
+    table = pd.DataFrame([r.row for r in records]).set_index("trial_id")
+    assert table["stopped_by"].tolist() == ["completed", "patience", "scheduler", "unfinished", "unfinished"]
+    assert table["status"].tolist() == ["TERMINATED"] * 3 + ["UNFINISHED"] * 2
+    assert table.loc["a_00003", ["best_valid_ic", "best_epoch", "epochs"]].tolist() == [0.07, 3, 3]
+    assert table.loc["a_00000", "best_epoch"] == 2 and pd.isna(table.loc["a_00004", "best_valid_ic"])
+    assert table.loc["a_00004", "epochs"] == 0
 
 
 # ---- validation: no Ray, no data -------------------------------------------------------------------------------
@@ -252,7 +282,7 @@ def test_resume_after_killed_driver(ray_runtime, tmp_path) -> None:  # noqa: F81
         proc = subprocess.Popen([sys.executable, "-m", "distgru.cli", "tune", str(path)], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.time() + 120
+            deadline = time.time() + 300  # a loaded machine takes a minute just to start this Ray
             while time.time() < deadline and proc.poll() is None:
                 trials = sorted((tmp_path / "out").glob("resume-*/trial_*"))
                 done = [t for t in trials if _rows(t / "progress.csv") == 3]
@@ -270,6 +300,16 @@ def test_resume_after_killed_driver(ray_runtime, tmp_path) -> None:  # noqa: F81
     exp_dir = finished.parent
     assert not (exp_dir / RESULTS_CSV).exists(), "the driver finished before it was killed"
     before = (finished / "result.json").read_text()
+
+    # The stopped search's trials so far, from the state Tune last saved (it may not list the long trial yet, and
+    # may still call the short one running: its own loop had ended, so the table says completed); nothing runs.
+    assert main(["tune", "--table", str(exp_dir)]) == 0
+    so_far = pd.read_csv(exp_dir / RESULTS_CSV).set_index("trial_id")
+    short = finished.name.removeprefix("trial_")
+    assert so_far.loc[short, ["status", "stopped_by", "epochs"]].tolist() == ["TERMINATED", "completed", 3]
+    long_trial = so_far.drop(index=short)
+    assert (long_trial["status"] == "UNFINISHED").all() and (long_trial["epochs"] < 20).all()
+    assert (finished / "result.json").read_text() == before
 
     assert main(["tune", "--resume", str(exp_dir)]) == 0  # on the test session's Ray
     table = pd.read_parquet(exp_dir / RESULTS_PARQUET)

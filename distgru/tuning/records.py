@@ -39,8 +39,16 @@ def cell(value: Any) -> Any:
     return value if value is None or isinstance(value, int | float | str | bool) else json.dumps(value)
 
 
-def trial_records(cfg: Config, grid: Any, trial_cfgs: dict[str, Config]) -> list[TrialRecord]:
-    """``trial_cfgs``: each trial's validated config by trial id."""
+def trial_params(grid: Any) -> dict[str, dict[str, Any]]:
+    """Each trial's sampled parameters by trial id (a Result has them once its trial reported)."""
+    return {trial_id(result): result.config for result in grid}
+
+
+def trial_records(cfg: Config, grid: Any, params: dict[str, dict[str, Any]], trial_cfgs: dict[str, Config],
+                  unfinished: frozenset[str] = frozenset()) -> list[TrialRecord]:
+    """``params``: each trial's sampled parameters and ``trial_cfgs`` its validated config, by trial id;
+    ``unfinished``: the ids of trials a stopped search had not ended by its saved state (they continue on
+    ``--resume``), whose best value so far is not final unless the trial's own loop had ended."""
     tc = tune_of(cfg)
     metric, mode = tc.metric, tc.resolved_mode
     records = []
@@ -48,7 +56,7 @@ def trial_records(cfg: Config, grid: Any, trial_cfgs: dict[str, Config]) -> list
         hist = _history(result)
         tid = trial_id(result)
         row: dict[str, Any] = {"trial_id": tid}
-        row.update({d.key: cell(result.config.get(d.key)) for d in tc.dists})
+        row.update({d.key: cell(params[tid].get(d.key)) for d in tc.dists})
         best_value, best_epoch = math.nan, 0
         if metric in hist and hist[metric].notna().any():
             idx = hist[metric].idxmax() if mode == "max" else hist[metric].idxmin()
@@ -60,10 +68,13 @@ def trial_records(cfg: Config, grid: Any, trial_cfgs: dict[str, Config]) -> list
             stopped_by = "completed"
         elif epochs and bool(hist["stopped_early"].iloc[-1]):
             stopped_by = "patience"  # the loop's own early stop (on train.metric)
+        elif tid in unfinished:  # after the two above: a killed driver's last saved state can lag its trials
+            stopped_by = "unfinished"
         else:
             stopped_by = "scheduler"
         row.update({f"best_{metric}": best_value, "best_epoch": best_epoch, "epochs": epochs,
-                    "status": "ERROR" if result.error is not None else "TERMINATED", "stopped_by": stopped_by,
+                    "status": {"error": "ERROR", "unfinished": "UNFINISHED"}.get(stopped_by, "TERMINATED"),
+                    "stopped_by": stopped_by,
                     "stopped_early": stopped_by in ("patience", "scheduler"), "trial_dir": str(result.path)})
         records.append(TrialRecord(row, hist))
     return records

@@ -2,7 +2,8 @@
 
     results.csv, results.parquet   one row per trial: id, parameters, best metric, epochs, status, who stopped it,
                                    and the test IC / Rank IC of its best weights (to see if valid ranking holds;
-                                   absent with tune.score_test false, as predictions.parquet and summary's test)
+                                   absent with tune.score_test false, as predictions.parquet and summary's test);
+                                   a stopped search writes it too, with the trials so far (``unfinished_table``)
     best_config.yaml               the best trial's resolved training config (``distgru train best_config.yaml``)
     best/                          its best-epoch weights, processor state and config (``distgru predict`` layout)
     predictions.parquet            its TEST segment scores (rundir's predictions schema)
@@ -24,7 +25,7 @@ from distgru.metrics import signal_metrics
 from distgru.training.checkpoint import save_best
 from distgru.training.rundir import PREDICTIONS_FILE, write_config, write_json, write_predictions
 from distgru.training.scoring import score_segment
-from distgru.tuning.records import TrialRecord, cell, trial_id, trial_records
+from distgru.tuning.records import TrialRecord, cell, trial_id, trial_params, trial_records
 from distgru.tuning.report import write_tune_report
 from distgru.tuning.runner import Data
 from distgru.tuning.space import base_dict, data_key, trial_config, tune_of
@@ -37,10 +38,10 @@ SUMMARY_FILE = "tune_result.json"
 REPORT_FILE = "report.html"
 
 
-def trial_configs(cfg: Config, grid: Any) -> dict[str, Config]:
-    """Each trial's training config, validated once, by trial id."""
+def trial_configs(cfg: Config, params: dict[str, dict[str, Any]]) -> dict[str, Config]:
+    """Each trial's training config, validated once, by trial id (``params``: its sampled parameters)."""
     base = base_dict(cfg)
-    return {trial_id(result): trial_config(base, result.config) for result in grid}
+    return {tid: trial_config(base, p) for tid, p in params.items()}
 
 
 def write_table(records: list[TrialRecord], exp_dir: Path) -> pd.DataFrame:
@@ -66,12 +67,28 @@ def _add_test_scores(grid: Any, data: Data, records: list[TrialRecord], cfgs: di
         row["test_ic"], row["test_rank_ic"] = metrics["IC"], metrics["RankIC"]
 
 
+def unfinished_table(cfg: Config, exp_dir: Path) -> pd.DataFrame:
+    """The trial table of a search that has not finished (stopped, or still running elsewhere), read from the
+    experiment state Tune saved: each trial's best value so far, trials it had not ended marked UNFINISHED. It is
+    written as results.csv/.parquet; the best config, weights and report wait for the search to finish."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    analysis = ExperimentAnalysis(str(exp_dir))
+    # A trial that has not reported yet has no config in its Result: take them from the experiment state.
+    params = {t.trial_id: t.config for t in analysis.trials}
+    # A restored experiment reads trials that were running as PENDING: only these two states are final.
+    unfinished = frozenset(t.trial_id for t in analysis.trials if t.status not in ("TERMINATED", "ERROR"))
+    records = trial_records(cfg, ResultGrid(analysis), params, trial_configs(cfg, params), unfinished)
+    return write_table(records, exp_dir)
+
+
 def finish_experiment(cfg: Config, grid: Any, data: Data, exp_dir: str | Path, *, t0: float) -> dict[str, Any]:
     """Write the table, the best trial's config, weights and test predictions, the summary and the report."""
     tc = tune_of(cfg)
     exp_dir = Path(exp_dir)
-    cfgs = trial_configs(cfg, grid)
-    records = trial_records(cfg, grid, cfgs)
+    params = trial_params(grid)
+    cfgs = trial_configs(cfg, params)
+    records = trial_records(cfg, grid, params, cfgs)
     if tc.score_test:
         _add_test_scores(grid, data, records, cfgs)
     table = write_table(records, exp_dir)

@@ -32,7 +32,7 @@ from distgru.evaluation.evaluate import TABLE_KEYS, evaluate_predictions, metric
 from distgru.training.lifecycle import lifecycle
 from distgru.training.rundir import CONFIG_FILE, RunDir, write_config, write_json
 from distgru.training.scoring import score_segment
-from distgru.tuning.records import trial_id
+from distgru.tuning.records import trial_id, trial_params
 from distgru.tuning.results import trial_configs
 from distgru.tuning.space import check_space, data_key
 from distgru.tuning.trial import trial_state
@@ -124,7 +124,7 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: R
     bars = load_bars(cfg.data)
     per_seed: dict[int, dict[str, float]] = {}
     errors: dict[int, str] = {}
-    cfgs = trial_configs(tcfg, grid)
+    cfgs = trial_configs(tcfg, trial_params(grid))
     for result in grid:
         seed = int(result.config[SEED_KEY])
         if result.error is not None:
