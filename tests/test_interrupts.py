@@ -58,6 +58,19 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.5)
 
 
+def ctrl_c_once_a_trial_runs(*args: str, runs: Path) -> tuple[Path, str, str]:
+    """Start ``distgru ARGS --output runs`` (trials under Tune), Ctrl-C it a few seconds into its first trial;
+    returns its experiment directory, stdout and stderr once it has exited as interrupted."""
+    proc = start(*args, "--output", str(runs), cwd=runs.parent)
+    wait_for(lambda: any(runs.glob("stop-*/trial_*/progress.csv")), 240, proc)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    (exp,) = runs.glob("stop-*")
+    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    return exp, out, err
+
+
 def epochs_done(runs: Path) -> int:
     rows = [line for p in runs.glob("*/metrics.jsonl") for line in p.read_text().splitlines() if line.strip()]
     return len(rows)
@@ -101,13 +114,7 @@ def test_ctrl_c_stops_train_and_resume_ends_as_an_uninterrupted_run(ray_runtime,
 def test_ctrl_c_on_seeds_prints_no_table_and_resume_finishes_them(tmp_path) -> None:
     runs = tmp_path / "runs"
     seeds = {**RUN, "train": {**RUN["train"], "n_epochs": 30, "early_stop": 30}}
-    proc = start("train", str(config(tmp_path, seeds)), "--seeds", "0,1", "--output", str(runs), cwd=tmp_path)
-    wait_for(lambda: any(runs.glob("stop-*/trial_*/progress.csv")), 240, proc)
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    (exp,) = runs.glob("stop-*")
-    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    exp, out, err = ctrl_c_once_a_trial_runs("train", str(config(tmp_path, seeds)), "--seeds", "0,1", runs=runs)
     assert f"resume with: distgru train --resume {exp}" in err
     assert "mean ± std" not in out and "seeds finished" not in out and not (exp / "seeds.csv").exists()
     assert "epoch   1/30" in out  # per-trial epoch lines while it ran
@@ -124,21 +131,16 @@ def test_ctrl_c_on_seeds_prints_no_table_and_resume_finishes_them(tmp_path) -> N
 @pytest.mark.ray
 def test_ctrl_c_on_tune_writes_the_trials_so_far(tmp_path) -> None:
     runs = tmp_path / "runs"
-    search = {**RUN, "train": {**RUN["train"], "n_epochs": 30, "early_stop": 30},
+    # far more epochs than the seconds it runs: whatever the machine's speed, Ctrl-C lands inside the first trial
+    search = {**RUN, "train": {**RUN["train"], "n_epochs": 1000, "early_stop": 1000},
               "tune": {"space": {"train.lr": {"grid": [1e-3, 3e-3]}}, "num_samples": 1, "max_concurrent_trials": 1,
                        "scheduler": {"kind": "fifo"}, "score_test": False}}
-    proc = start("tune", str(config(tmp_path, search)), "--output", str(runs), cwd=tmp_path)
-    wait_for(lambda: any(runs.glob("stop-*/trial_*/progress.csv")), 240, proc)
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    (exp,) = runs.glob("stop-*")
-    assert proc.returncode == 130, (out[-2000:], err[-2000:])
+    exp, out, err = ctrl_c_once_a_trial_runs("tune", str(config(tmp_path, search)), runs=runs)
     assert f"resume with: distgru tune --resume {exp}" in err
     # One trial at a time: the first was stopped mid-run; the second exists once Tune created it, and has not run.
     table = pd.read_csv(exp / "results.csv")
     assert len(table) in (1, 2) and (table["status"] == "UNFINISHED").all(), table
-    assert table["epochs"].iloc[0] < 30 and table["epochs"].iloc[1:].eq(0).all()
+    assert table["epochs"].iloc[0] < 1000 and table["epochs"].iloc[1:].eq(0).all()
     assert out.count("UNFINISHED") == len(table)  # the same table on the terminal, above the resume command
     assert not (exp / "best_config.yaml").exists() and not (exp / "tune_result.json").exists()
     assert json.loads((exp / "status.json").read_text())["state"] == "interrupted"
