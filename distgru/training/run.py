@@ -10,7 +10,7 @@ from distgru.processing.checks import log_warnings
 from distgru.training.finish import finish_run
 from distgru.training.lifecycle import RunInterrupted, lifecycle
 from distgru.training.preflight import check_data, preflight
-from distgru.training.ray_train import ray_session, run_training
+from distgru.training.ray_train import ray_session, run_training, shared_panel
 from distgru.training.result import RunResult
 from distgru.training.rundir import RunDir
 
@@ -24,6 +24,7 @@ def train(cfg: Config, *, run: RunDir | None = None, verbose: bool = False) -> t
     panel, processor_state = prepare_panel(cfg)
     log_warnings(check_data(cfg, panel))  # fail on the data before Ray starts
     with ray_session(cfg.resources, verbose=verbose):
+        panel, panel_ref = shared_panel(panel)
         # and on resources and storage before a run directory exists
         preflight(cfg, panel, storage=cfg.output_dir if run is None else run.path.parent)
         if run is None:
@@ -33,7 +34,7 @@ def train(cfg: Config, *, run: RunDir | None = None, verbose: bool = False) -> t
             print(f"resuming {run} from its last checkpoint", flush=True)
         with lifecycle(run, "train"):
             t_fit = time.perf_counter()
-            final = run_training(cfg, panel, run.path)
+            final = run_training(cfg, panel, run.path, panel_ref=panel_ref)
             if not final.finished:
                 raise RunInterrupted(f"training stopped after epoch {final.epoch}")
             result = finish_run(cfg, panel, processor_state, final, run, started=started, t0=t0,

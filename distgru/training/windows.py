@@ -21,6 +21,7 @@ batch of windows is then a single ``index_select`` (``cut``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -138,7 +139,11 @@ class WindowSource:
         device = torch.device(device)
         resident = keep_on_device(mode, features.nbytes, device)
         home = device if resident else torch.device("cpu")
-        panel = torch.from_numpy(features).reshape(-1, features.shape[-1])
+        with warnings.catch_warnings():
+            # A panel from the object store is a read-only view (the driver's too, see ray_train.shared_panel);
+            # windows are cut from it and never written back.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            panel = torch.from_numpy(features).reshape(-1, features.shape[-1])
         if resident:
             panel = panel.to(device)
         elif device.type == "cuda":
