@@ -142,8 +142,15 @@ def _trainable(cfg: Config, data: Data, exp_dir: Path) -> Any:
     import ray
     from ray import tune
 
-    # Panel and state apart, so a multi-worker trial hands its Train workers the panel's ref, not a copy.
-    refs = {key: (ray.put(panel), ray.put(state)) for key, (panel, state) in data.items()}
+    from distgru.training.ray_train import shared_panel
+
+    # Panel and state apart, so a multi-worker trial hands its Train workers the panel's ref, not a copy. The
+    # driver's own copy gives way to the object store's view (it scores the best trial or the seeds from it).
+    refs = {}
+    for key, (panel, state) in data.items():
+        view, panel_ref = shared_panel(panel)
+        data[key] = (view, state)
+        refs[key] = (panel_ref, ray.put(state))
     if cfg.resources.num_workers == 1:
         fn = tune.with_parameters(in_process_trial, base=base_dict(cfg), data_box=[refs])
     else:
@@ -154,7 +161,8 @@ def _trainable(cfg: Config, data: Data, exp_dir: Path) -> Any:
 def run_experiment(cfg: Config, data: Data, exp_dir: str | Path, *, restore: bool = False,
                    verbose: int = 1, epoch_lines: bool = False) -> Any:
     """Run the search into ``exp_dir`` (or continue it: finished trials are kept, unfinished ones resume from
-    their last checkpoint, errored ones restart) and return Tune's ResultGrid. Ray must be initialised.
+    their last checkpoint, errored ones restart) and return Tune's ResultGrid. Ray must be initialised. ``data``'s
+    panels become the object store's read-only views (one copy on the machine): score from them in this session.
 
     A first Ctrl-C makes Tune pause the trials and save the experiment; then ``RunInterrupted`` is raised (a
     second Ctrl-C raises KeyboardInterrupt at once)."""

@@ -34,6 +34,7 @@ from distgru.training.rundir import CONFIG_FILE, RunDir, write_config, write_jso
 from distgru.training.scoring import score_segment
 from distgru.tuning.records import trial_id, trial_params
 from distgru.tuning.results import trial_configs
+from distgru.tuning.runner import Data
 from distgru.tuning.space import check_space, data_key
 from distgru.tuning.trial import trial_state
 
@@ -104,23 +105,12 @@ def seeds_of(cfg: Config) -> list[int]:
     return [int(s) for s in cfg.tune.space[SEED_KEY]["grid"]]
 
 
-def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: RunDir | None = None) -> int:
-    """Train every seed as a Tune trial (or continue the experiment ``resume``), evaluate each on the test
-    segment, print and write the table. An interrupted experiment ends with ``RunStopped``, before any scoring."""
+def _evaluate_seeds(cfg: Config, tcfg: Config, grid: Any, data: Data, exp_dir: Path
+                    ) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """Each finished seed's test predictions and evaluation in ``exp_dir/seed_N``; its metrics, and the failed
+    seeds' errors."""
     from distgru.data.load import load_bars
-    from distgru.training.ray_train import ray_session
-    from distgru.tuning.runner import prepare_data, run_experiment
 
-    t0 = time.perf_counter()
-    tcfg = seed_config(cfg, seeds)
-    probes = check_space(tcfg)
-    data = prepare_data(tcfg, probes)
-    exp = resume or RunDir.create(tcfg, datetime.now())
-    exp_dir = exp.path
-    print(f"multi-seed directory: {exp_dir} (seeds {', '.join(map(str, seeds))})", flush=True)
-    with ray_session(cfg.resources, verbose=verbose), lifecycle(exp, "seeds"):
-        grid = run_experiment(tcfg, data, exp_dir, restore=resume is not None, verbose=1 if verbose else 0,
-                              epoch_lines=True)
     bars = load_bars(cfg.data)
     per_seed: dict[int, dict[str, float]] = {}
     errors: dict[int, str] = {}
@@ -140,6 +130,28 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: R
         ev = evaluate_predictions(pred, bars, scfg.backtest, seed_dir.path, title=f"distgru evaluation: seed {seed}")
         write_json(seed_dir / "evaluation.json", ev.block())
         per_seed[seed] = ev.metrics
+    return per_seed, errors
+
+
+def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: RunDir | None = None) -> int:
+    """Train every seed as a Tune trial (or continue the experiment ``resume``), evaluate each on the test
+    segment, print and write the table. An interrupted experiment ends with ``RunStopped``, before any scoring."""
+    from distgru.training.ray_train import ray_session
+    from distgru.tuning.runner import prepare_data, run_experiment
+
+    t0 = time.perf_counter()
+    tcfg = seed_config(cfg, seeds)
+    probes = check_space(tcfg)
+    data = prepare_data(tcfg, probes)
+    exp = resume or RunDir.create(tcfg, datetime.now())
+    exp_dir = exp.path
+    print(f"multi-seed directory: {exp_dir} (seeds {', '.join(map(str, seeds))})", flush=True)
+    with ray_session(cfg.resources, verbose=verbose):
+        with lifecycle(exp, "seeds"):
+            grid = run_experiment(tcfg, data, exp_dir, restore=resume is not None, verbose=1 if verbose else 0,
+                                  epoch_lines=True)
+        # Scored inside the session: the panels in ``data`` are now the object store's views.
+        per_seed, errors = _evaluate_seeds(cfg, tcfg, grid, data, exp_dir)
     if not per_seed:
         raise RuntimeError(f"every seed failed ({exp_dir}): " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     table = aggregate(dict(sorted(per_seed.items())))
