@@ -263,7 +263,12 @@ RESUME_CFG = {
 
 
 def _rows(path: Path) -> int:
-    return len(pd.read_csv(path)) if path.is_file() and path.stat().st_size else 0
+    """Data rows of a progress.csv that Tune may be writing as it is read (a bare or half-written header: 0)."""
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return 0
+    return max(len(lines) - 1, 0)
 
 
 @pytest.mark.ray
