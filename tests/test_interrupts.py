@@ -113,11 +113,13 @@ def test_ctrl_c_stops_train_and_resume_ends_as_an_uninterrupted_run(ray_runtime,
 @pytest.mark.ray
 def test_ctrl_c_on_seeds_prints_no_table_and_resume_finishes_them(tmp_path) -> None:
     runs = tmp_path / "runs"
-    seeds = {**RUN, "train": {**RUN["train"], "n_epochs": 30, "early_stop": 30}}
+    # ~0.1 s an epoch here: 30 epochs ended within the helper's 3 s, so its Ctrl-C landed after the run and
+    # there was nothing to resume. 200 (~20 s) keep both seeds training when it lands, and resume in under a minute.
+    seeds = {**RUN, "train": {**RUN["train"], "n_epochs": 200, "early_stop": 200}}
     exp, out, err = ctrl_c_once_a_trial_runs("train", str(config(tmp_path, seeds)), "--seeds", "0,1", runs=runs)
     assert f"resume with: distgru train --resume {exp}" in err
     assert "mean ± std" not in out and "seeds finished" not in out and not (exp / "seeds.csv").exists()
-    assert "epoch   1/30" in out  # per-trial epoch lines while it ran
+    assert "epoch   1/200" in out  # per-trial epoch lines while it ran
     status = json.loads((exp / "status.json").read_text())
     assert status["state"] == "interrupted" and status["kind"] == "seeds"
 
