@@ -20,7 +20,6 @@ import socket
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,8 +272,4 @@ def _train_worker(config: dict[str, Any]) -> None:
             return  # the run had finished; its last checkpoint already holds the result
     device = ray.train.torch.get_device()
     reporter = _Reporter(rank, config["run_dir"], attempt, _gather_devices(device), config["fail_at"])
-    with warnings.catch_warnings():
-        # The panel arrays are read-only views of the object store; the loop copies them to the device and
-        # never writes them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        train_loop(cfg, panel, shard, reporter, resume=resume, device=device, started=started)
+    train_loop(cfg, panel, shard, reporter, resume=resume, device=device, started=started)

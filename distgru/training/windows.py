@@ -140,8 +140,10 @@ class WindowSource:
         resident = keep_on_device(mode, features.nbytes, device)
         home = device if resident else torch.device("cpu")
         with warnings.catch_warnings():
-            # A panel from the object store is a read-only view (the driver's too, see ray_train.shared_panel);
-            # windows are cut from it and never written back.
+            # A panel from the object store is a read-only view (in Ray Train workers, Tune trials and the driver,
+            # see ray_train.shared_panel); windows are cut from it and never written back. The only read-only
+            # array the loop turns into a tensor: with this filter alone, the Ray tests pass with the warning an
+            # error (PYTHONWARNINGS="error:The given NumPy array is not writable").
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             panel = torch.from_numpy(features).reshape(-1, features.shape[-1])
         if resident:

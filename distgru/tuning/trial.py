@@ -15,7 +15,6 @@ one per distinct data config, and boxed because Tune resolves top-level ObjectRe
 from __future__ import annotations
 
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +74,7 @@ def in_process_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: 
             state.save(tmp)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    with warnings.catch_warnings():
-        # The panel arrays are read-only views of the object store; the loop copies them and never writes them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        train_loop(cfg, panel, make_shard(cfg, panel), report, resume=resume, device=device)
+    train_loop(cfg, panel, make_shard(cfg, panel), report, resume=resume, device=device)
 
 
 def multi_worker_trial(params: dict[str, Any], *, base: dict[str, Any], data_box: list[dict[str, Any]],
