@@ -139,6 +139,8 @@ def test_early_stopping_patience(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.best_score == pytest.approx(0.3)
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3, 4, 5]
     assert [m["patience"] for m, _ in reports] == [0, 0, 1, 2, 3]
+    # the running best a search can rank trials by (tune.metric: best_score)
+    assert [m["best_score"] for m, _ in reports] == pytest.approx([0.1, 0.3, 0.3, 0.3, 0.3])
     assert [m["stopped_early"] for m, _ in reports] == [False] * 4 + [True]
     assert reports[-1][1].patience == 3 and reports[-1][1].best_epoch == 2 and reports[-1][1].finished
     assert not reports[-2][1].finished

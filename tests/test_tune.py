@@ -83,6 +83,19 @@ def test_trial_table_marks_what_a_stopped_search_had_not_ended(tmp_path) -> None
     assert table.loc["a_00004", "epochs"] == 0
 
 
+
+def test_a_search_on_best_score_keeps_the_best_epoch(tmp_path) -> None:
+    # The case that stopped csi300-2010's best trial: its best epoch just before a rung, a worse one at the rung.
+    cfg = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}, "metric": "best_score"},
+                    "train.n_epochs=3")
+    assert cfg.tune.resolved_mode == "max"
+    result = _result(tmp_path / "trial_b_00000", 3, ic=[0.0604, 0.0745, 0.0654])
+    result.metrics_dataframe["best_score"] = [0.0604, 0.0745, 0.0745]  # the loop's running best of valid_ic
+    params = {"b_00000": {"train.lr": 1e-3}}
+    (record,) = trial_records(cfg, [result], params, trial_configs(cfg, params))
+    assert (record.row["best_best_score"], record.row["best_epoch"]) == (0.0745, 2)  # the first epoch at the best
+
+
 # ---- validation: no Ray, no data -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("space", "needle"), [

@@ -155,8 +155,12 @@ class TuneConfig:
     """Dotted training key → distribution: {uniform|loguniform|randint: [low, high]}, {quniform: [low, high,
     q]}, {choice: [...]} or {grid: [...]}. Keys under data/features/processors (and dataset segments) must be
     choice or grid: each distinct data config is prepared once, before the trials."""
-    metric: Literal["valid_ic", "valid_rank_ic", "valid_score", "valid_mse", "train_loss"] = "valid_ic"
-    """Per-epoch result the scheduler and the best-trial choice use (as the training loop reports it)."""
+    metric: Literal["valid_ic", "valid_rank_ic", "valid_score", "valid_mse", "train_loss", "best_score"] = "valid_ic"
+    """Per-epoch result the scheduler and the best-trial choice use (as the training loop reports it).
+    best_score: the best valid_score so far (train.metric's, higher is better), the epoch whose weights early
+    stopping keeps. ASHA compares trials by the metric's value at each rung epoch, so with valid_ic a trial whose
+    best epoch came just before a rung can be stopped below trials it leads; best_score compares what each trial
+    would keep."""
     mode: Literal["max", "min"] | None = None
     """max or min. null: min for valid_mse and train_loss, else max."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
