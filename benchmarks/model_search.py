@@ -14,7 +14,7 @@ from the latest experiment as it stands, without running anything. No trial's te
 ``chosen FAMILY`` trains that experiment's best_config.yaml (its best valid-IC trial) once per seed with
 ``distgru train`` — the only place the test segment is scored — and writes one JSON per seed beside the search.
 ``table`` prints the csi300-2010 table for BENCHMARKS.md: qlib's GRU and LightGBM, distgru's parity GRU, each
-family's best valid trial and the chosen model's seeds.
+family's best valid trial and the seeds of each round's choice (``ROUNDS``; the last is the chosen model).
 
 OUT defaults to ``$DISTGRU_BENCH_OUT`` or ``runs/model_search`` under the repository; the data to
 ``../shared/data/cn_csi300``.
@@ -39,6 +39,9 @@ SEARCHES = REPO / "configs" / "search"
 RECORDS = REPO / "benchmarks" / "results" / "csi300-2010"
 LGBM_REFERENCE = REPO.parent / "shared" / "reference" / "qlib_lgbm_csi300-2010.json"
 QLIB_SEED0 = REPO.parent / "shared" / "reference" / "qlib_gru_csi300-2010_seed0.json"
+# The choices, in the order they were declared (BENCHMARKS.md §10): round 1 in commit 5b41379, before
+# gru_alpha158_all was searched; round 2 in 04b88f7, over every family's trials. The last one is the chosen model.
+ROUNDS = ("gru_alpha360", "gru_alpha158_all")
 
 
 def default_out() -> Path:
@@ -171,9 +174,10 @@ def table(args: argparse.Namespace) -> None:
         params = ", ".join(f"{k} {best[k]:.3g}" if isinstance(best[k], float) else f"{k} {best[k]}"
                            for k in trials.columns if "." in k)
         notes.append(f"{csv.stem.removeprefix('search_')}: best valid trial {best['trial_id']}: {params}")
-    for family_dir in sorted(p for p in args.out.iterdir() if (p / "chosen").is_dir()) if args.out.is_dir() else []:
-        records = [json.loads(p.read_text()) for p in sorted((family_dir / "chosen").glob("chosen_*_seed*.json"))]
-        seeds_row(f"chosen: {family_dir.name}", records)
+    for n, family in enumerate(ROUNDS, start=1):
+        runs = sorted((args.out / family / "chosen").glob("chosen_*_seed*.json"))
+        records = [json.loads(p.read_text()) for p in runs]
+        seeds_row(f"chosen: {family} (round {n})" if n == len(ROUNDS) else f"round {n} choice: {family}", records)
     frame = pd.DataFrame(rows).fillna("—").astype(str)
     print("| " + " | ".join(frame.columns) + " |")
     print("|" + "---|" * len(frame.columns))
