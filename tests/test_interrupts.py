@@ -1,7 +1,7 @@
 """Runs stopped as users and the world stop them, through real processes and signals: Ctrl-C on ``distgru train``
 resumes to the same metrics as an uninterrupted run, Ctrl-C on ``--seeds`` never prints a table, Ctrl-C on ``distgru
-tune`` leaves its trials so far in results.csv, a Ray runtime that dies under a run is named, and a finished run is
-not resumed."""
+tune`` leaves its trials so far in results.csv, SIGTERM stops a run as Ctrl-C does, a Ray runtime that dies under a
+run is named, and a finished run is not resumed."""
 
 from __future__ import annotations
 
@@ -128,6 +128,25 @@ def test_ctrl_c_on_seeds_prints_no_table_and_resume_finishes_them(tmp_path) -> N
     assert proc.returncode == 0, err[-3000:]
     assert "2 of 2 seeds finished" in out and (exp / "seeds.csv").is_file()
     assert json.loads((exp / "status.json").read_text())["state"] == "finished"
+
+
+@pytest.mark.ray
+def test_sigterm_stops_train_as_ctrl_c_does(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    long = {**RUN, "train": {**RUN["train"], "n_epochs": 200, "early_stop": 200}}  # mid-training when it lands
+    proc = start("train", str(config(tmp_path, long)), "--output", str(runs), cwd=tmp_path)
+    wait_for(lambda: epochs_done(runs) >= 1, 240, proc)
+    proc.send_signal(signal.SIGTERM)  # as `kill PID` or a batch scheduler sends it
+    _, err = proc.communicate(timeout=120)
+    (run_dir,) = runs.glob("stop-*")
+    assert proc.returncode == 143, err[-3000:]
+    assert "interrupted (stopped by SIGTERM)" in err and f"resume with: distgru train --resume {run_dir}" in err
+    status = RunDir(run_dir).read_status()
+    assert status["state"] == "interrupted" and status["message"] == "stopped by SIGTERM"
+    deadline = time.monotonic() + 30  # and none of the Ray processes it started outlives it
+    while (left := subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()):
+        assert time.monotonic() < deadline, f"left running: {left}"
+        time.sleep(0.5)
 
 
 @pytest.mark.ray

@@ -5,13 +5,16 @@
 
 - The first Ctrl-C stops the run: its state on disk is what the last completed epoch (or trial checkpoint) left,
   status.json says ``interrupted``, and the terminal says where the state is and the distgru command that
-  resumes it. A second Ctrl-C exits at once.
+  resumes it. A second Ctrl-C exits at once. SIGTERM (``kill PID``, a batch scheduler) is said and recorded the
+  same way (Ray's handler in the driver turns it into ``SystemExit``), then the process exits at once with 143.
 - A worker group Ray Train gave up on (``WorkerGroupFailed``: more failures than ``resources.max_failures``)
   is said in one line naming that setting.
 - Any other error marks the run ``failed`` with the same pointers; an error of the Ray runtime itself (a node or
   the raylet gone) is said in one line instead of a traceback.
 - Nothing downstream (scoring, backtest, tables, best config) runs after either: ``RunStopped`` ends the command
   with exit code 130 (interrupted) or 1 (failed).
+- The terminal is told before status.json changes: a driver whose raylet died may be ended by Ray between the two
+  steps, and the watchdog then speaks only for a run that still reads ``running``.
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ def _exit_now(signum: int, frame: Any) -> None:
     os._exit(130)
 
 
+def _end_process(code: int) -> None:
+    # After SIGTERM, Ray's handler has already stopped the local Ray's processes; leaving through ray.shutdown then
+    # sometimes aborts (SIGABRT) instead of exiting. The watchdog ends whatever is left.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 @contextmanager
 def lifecycle(run: RunDir, kind: str, **info: Any) -> Iterator[None]:
     """Keep ``run``'s status.json current while the block runs (see the module docstring)."""
@@ -68,23 +79,31 @@ def lifecycle(run: RunDir, kind: str, **info: Any) -> Iterator[None]:
     ray_watchdog.note_run(run.path, kind)
     try:
         yield
-    except (KeyboardInterrupt, RunInterrupted) as e:
+    except (KeyboardInterrupt, RunInterrupted, SystemExit) as e:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, _exit_now)  # a second Ctrl-C while Ray shuts down exits at once
-        why = str(e) or "stopped by Ctrl-C"
+        terminated = isinstance(e, SystemExit)
+        why = "stopped by SIGTERM" if terminated else str(e) or "stopped by Ctrl-C"
+        stop = _stop(kind, f"interrupted ({why}); {where(run, kind)}; resume with: {resume}", 130)
         run.write_status("interrupted", kind=kind, resume=resume, message=why, **info)
-        raise _stop(kind, f"interrupted ({why}); {where(run, kind)}; resume with: {resume}", 130) from None
+        if terminated:
+            _end_process(128 + signal.SIGTERM)
+        raise stop from None
     except Exception as e:
         message = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-        run.write_status("failed", kind=kind, resume=resume, message=message, **info)
+        stop = None
         if isinstance(e, WorkerGroupFailed):  # its message names the cause and resources.max_failures
-            raise _stop(kind, f"failed: {e}; {where(run, kind)}; resume with: {resume}", 1) from None
-        if _is_ray_runtime_error(e):
-            raise _stop(kind, f"the Ray runtime stopped under the run ({message}); {where(run, kind)}; once Ray is "
-                              f"back, resume with: {resume}", 1) from None
-        print(f"distgru {kind}: failed ({message}); {where(run, kind)}; after fixing the cause, resume with: "
-              f"{resume}", file=sys.stderr, flush=True)
-        raise
+            stop = _stop(kind, f"failed: {e}; {where(run, kind)}; resume with: {resume}", 1)
+        elif _is_ray_runtime_error(e):
+            stop = _stop(kind, f"the Ray runtime stopped under the run ({message}); {where(run, kind)}; once Ray is "
+                               f"back, resume with: {resume}", 1)
+        else:
+            print(f"distgru {kind}: failed ({message}); {where(run, kind)}; after fixing the cause, resume with: "
+                  f"{resume}", file=sys.stderr, flush=True)
+        run.write_status("failed", kind=kind, resume=resume, message=message, **info)
+        if stop is None:
+            raise
+        raise stop from None
     finally:
         ray_watchdog.forget_run()
     run.write_status("finished", kind=kind, **info)
