@@ -83,7 +83,6 @@ def test_trial_table_marks_what_a_stopped_search_had_not_ended(tmp_path) -> None
     assert table.loc["a_00004", "epochs"] == 0
 
 
-
 def test_a_search_on_best_score_keeps_the_best_epoch(tmp_path) -> None:
     # The case that stopped csi300-2010's best trial: its best epoch just before a rung, a worse one at the rung.
     cfg = _tune_cfg(str(tmp_path), {"space": {"train.lr": {"choice": [1e-3]}}, "metric": "best_score"},

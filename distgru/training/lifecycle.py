@@ -49,9 +49,13 @@ class WorkerGroupFailed(RuntimeError):
     """Ray Train gave the worker group up: it failed more often than ``resources.max_failures`` allows."""
 
 
-def _stop(kind: str, message: str, exit_code: int) -> RunStopped:
-    # Said here, at once: leaving ray_session next may not return (Ray ends a driver whose raylet is gone).
+def _say(kind: str, message: str) -> None:
+    # Said at once: leaving ray_session next may not return (Ray ends a driver whose raylet is gone).
     print(f"distgru {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def _stop(kind: str, message: str, exit_code: int) -> RunStopped:
+    _say(kind, message)
     return RunStopped(message, exit_code)
 
 
@@ -98,8 +102,7 @@ def lifecycle(run: RunDir, kind: str, **info: Any) -> Iterator[None]:
             stop = _stop(kind, f"the Ray runtime stopped under the run ({message}); {where(run, kind)}; once Ray is "
                                f"back, resume with: {resume}", 1)
         else:
-            print(f"distgru {kind}: failed ({message}); {where(run, kind)}; after fixing the cause, resume with: "
-                  f"{resume}", file=sys.stderr, flush=True)
+            _say(kind, f"failed ({message}); {where(run, kind)}; after fixing the cause, resume with: {resume}")
         run.write_status("failed", kind=kind, resume=resume, message=message, **info)
         if stop is None:
             raise

@@ -34,7 +34,7 @@ from distgru.training.rundir import CONFIG_FILE, RunDir, write_config, write_jso
 from distgru.training.scoring import score_segment
 from distgru.tuning.records import trial_id, trial_params
 from distgru.tuning.results import trial_configs
-from distgru.tuning.runner import Data
+from distgru.tuning.runner import Data, prepare_data, run_experiment
 from distgru.tuning.space import check_space, data_key
 from distgru.tuning.trial import trial_state
 
@@ -137,7 +137,6 @@ def run_seeds(cfg: Config, seeds: list[int], *, verbose: bool = False, resume: R
     """Train every seed as a Tune trial (or continue the experiment ``resume``), evaluate each on the test
     segment, print and write the table. An interrupted experiment ends with ``RunStopped``, before any scoring."""
     from distgru.training.ray_train import ray_session
-    from distgru.tuning.runner import prepare_data, run_experiment
 
     t0 = time.perf_counter()
     tcfg = seed_config(cfg, seeds)
